@@ -1,0 +1,168 @@
+"""Common Voice metadata: reading `validated.tsv`, the one text normaliser, metadata filters, seeded
+speaker-disjoint splits, and the character vocabulary.
+
+Common Voice writes its TSVs tab-separated and unquoted: a sentence may hold a raw `"`, so every TSV here
+is read and written with `csv.QUOTE_NONE`. Older releases lack some columns; only `REQUIRED_COLUMNS` must
+be present.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REQUIRED_COLUMNS = ("client_id", "path", "sentence", "up_votes", "down_votes")
+SPLITS = ("train", "dev", "test")
+
+# Special tokens of the CTC vocabulary. [PAD] has id 0 and doubles as the CTC blank.
+PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"
+
+_APOSTROPHES = str.maketrans({c: "'" for c in "’‘ʼ`´′"})
+_DASHES = re.compile(r"[-‐‑‒–—―]")
+_STRAY_APOSTROPHE = re.compile(r"(?<![^\W\d_])'|'(?![^\W\d_])")  # not between two letters
+_SPACES = re.compile(r"\s+")
+
+
+class CorpusError(ValueError):
+    """A metadata file that cannot be read as Common Voice writes it; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One metadata row. `line` is the 1-based line in the file it came from (the header is line 1)."""
+
+    client_id: str
+    path: str
+    sentence: str
+    text: str  # normalise_text(sentence)
+    up_votes: int = 0
+    down_votes: int = 0
+    line: int = 0
+    duration_s: float | None = None
+
+
+def normalise_text(sentence: str) -> str:
+    """The normalisation applied to training targets, the vocabulary, and references and hypotheses.
+
+    Unicode NFC, lower-case; typographic apostrophes become `'`, and an apostrophe survives only between
+    two letters (`zo'n`, `geht's`; `'s avonds` becomes `s avonds`); hyphens and dashes separate words; every
+    other punctuation mark or symbol is removed; runs of whitespace become one space. Digits are kept, so
+    that the alphabet filter can reject them (a spoken number has no single spelling).
+    """
+    text = unicodedata.normalize("NFC", sentence).lower().translate(_APOSTROPHES)
+    text = _DASHES.sub(" ", text)
+    text = "".join(c if c.isalnum() or c.isspace() or c == "'" else " " for c in text)
+    text = _STRAY_APOSTROPHE.sub("", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def read_corpus_tsv(path: Path) -> list[Utterance]:
+    """Every row of a Common Voice metadata file (BOM and CRLF tolerated), normalised, in file order."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows:
+        raise CorpusError(f"{path}: empty file, expected a header with {', '.join(REQUIRED_COLUMNS)}")
+    header = rows[0]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise CorpusError(f"{path} line 1: missing column(s) {', '.join(missing)}; header is {header}")
+    col = {name: header.index(name) for name in REQUIRED_COLUMNS}
+    utterances = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise CorpusError(f"{path} line {line}: {len(row)} fields, header has {len(header)}")
+        try:
+            up, down = int(row[col["up_votes"]] or 0), int(row[col["down_votes"]] or 0)
+        except ValueError as err:
+            raise CorpusError(f"{path} line {line} ({row[col['path']]}): vote count is not an integer") from err
+        sentence = row[col["sentence"]]
+        utterances.append(Utterance(row[col["client_id"]], row[col["path"]], sentence, normalise_text(sentence), up, down, line))
+    return utterances
+
+
+SPLIT_COLUMNS = ("path", "client_id", "sentence", "text")
+
+
+def write_split_tsv(path: Path, utterances: Iterable[Utterance], extra: Sequence[str] = ()) -> None:
+    """Write our own split files: `SPLIT_COLUMNS` plus `extra` attribute columns (e.g. `duration_s`)."""
+    columns = (*SPLIT_COLUMNS, *extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["\t".join(columns)]
+    for u in utterances:
+        fields = [str(getattr(u, c)) for c in columns]
+        if any("\t" in f or "\n" in f or "\r" in f for f in fields):
+            raise CorpusError(f"{path}: {u.path} (line {u.line} of its source): a field holds a tab or line break")
+        lines.append("\t".join(fields))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def read_split_tsv(path: Path) -> list[Utterance]:
+    """Read a file written by `write_split_tsv`."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        return [
+            Utterance(r["client_id"], r["path"], r["sentence"], r["text"], line=i,
+                      duration_s=float(r["duration_s"]) if r.get("duration_s") else None)
+            for i, r in enumerate(rows, start=2)
+        ]
+    except (KeyError, ValueError) as err:
+        raise CorpusError(f"{path}: not a split file with columns {SPLIT_COLUMNS}: {err}") from err
+
+
+def metadata_reject_reason(u: Utterance, alphabet: str, min_up_votes: int) -> str | None:
+    """Why a row fails the metadata filters, or None. Reasons are stable strings used as metric keys."""
+    if u.up_votes < min_up_votes:
+        return "too_few_up_votes"
+    if u.down_votes >= u.up_votes:
+        return "down_votes_not_below_up_votes"
+    if not u.text:
+        return "empty_text"
+    if set(u.text) - set(alphabet) - {" "}:
+        return "chars_outside_alphabet"
+    return None
+
+
+def split_by_speaker(utterances: Sequence[Utterance], fractions: dict[str, float], seed: int) -> dict[str, list[Utterance]]:
+    """Assign whole speakers (`client_id`) to splits so utterance counts approach `fractions`.
+
+    Speakers are shuffled with `seed`; each split first receives one speaker, then every further speaker
+    goes to the split furthest below its target. No speaker is in two splits. Needs >= len(fractions)
+    speakers.
+    """
+    by_speaker: dict[str, list[Utterance]] = {}
+    for u in utterances:
+        by_speaker.setdefault(u.client_id, []).append(u)
+    speakers = sorted(by_speaker)
+    if len(speakers) < len(fractions):
+        raise CorpusError(f"{len(speakers)} speaker(s) cannot fill {len(fractions)} speaker-disjoint splits")
+    random.Random(seed).shuffle(speakers)
+    splits: dict[str, list[Utterance]] = {name: [] for name in fractions}
+    total = len(utterances)
+    for i, speaker in enumerate(speakers):
+        if i < len(fractions):
+            name = sorted(fractions, key=fractions.get)[i]  # smallest splits first, so dev/test are not empty
+        else:
+            name = max(fractions, key=lambda s: fractions[s] * total - len(splits[s]))
+        splits[name].extend(by_speaker[speaker])
+    return splits
+
+
+def build_vocab(texts: Iterable[str]) -> dict[str, int]:
+    """The CTC vocabulary in `Wav2Vec2CTCTokenizer`'s format: [PAD]=0 (the blank), [UNK], `|`, then letters."""
+    letters = sorted({c for text in texts for c in text} - {" "})
+    return {token: i for i, token in enumerate([PAD, UNK, WORD_DELIMITER, *letters])}
+
+
+def write_json(path: Path, obj: object) -> None:
+    """Pretty, stable JSON (sorted keys) so git diffs of metrics stay readable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,282 @@
+"""The typed schema of `params.yaml`, and the one loader every stage calls before it does any work.
+
+Each section is a frozen dataclass. The loader refuses unknown and missing keys, wrong types and
+out-of-range values with a `ParamsError` that names the dotted key (`adapt.ewc_lambda`). Floats may
+arrive as strings: `dvc exp run -S adapt.lr=1e-5` writes `1e-05`, which PyYAML reads as a string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params value that no stage may run with; the message starts with the dotted key."""
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ParamsError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    corpus: str
+
+    def check(self, key: str) -> None:
+        _require(bool(self.corpus.strip()), f"{key}.corpus", "must name a folder")
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    clips_per_lang: int
+    speakers: int
+
+    def check(self, key: str) -> None:
+        _require(self.clips_per_lang >= 10, f"{key}.clips_per_lang", f"must be >= 10, got {self.clips_per_lang}")
+        _require(self.speakers >= 3, f"{key}.speakers", f"must be >= 3 for three speaker-disjoint splits, got {self.speakers}")
+
+
+@dataclass(frozen=True)
+class LanguageSample:
+    n: int
+    alphabet: str
+
+    def check(self, key: str) -> None:
+        _require(self.n >= 1, f"{key}.n", f"must be >= 1, got {self.n}")
+        _require(bool(self.alphabet) and " " not in self.alphabet, f"{key}.alphabet", "must be letters, without spaces")
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    train: float
+    dev: float
+    test: float
+
+    def check(self, key: str) -> None:
+        for name in ("train", "dev", "test"):
+            value = getattr(self, name)
+            _require(0 < value < 1, f"{key}.{name}", f"must be in (0, 1), got {value}")
+        total = self.train + self.dev + self.test
+        _require(math.isclose(total, 1.0, abs_tol=1e-6), key, f"train + dev + test must be 1, got {total:g}")
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    min_up_votes: int
+    split: SplitFractions
+    nl: LanguageSample
+    de: LanguageSample
+
+    def check(self, key: str) -> None:
+        _require(self.min_up_votes >= 0, f"{key}.min_up_votes", f"must be >= 0, got {self.min_up_votes}")
+
+    def language(self, lang: str) -> LanguageSample:
+        if lang not in ("nl", "de"):
+            raise ParamsError(f"sample.{lang}: no such language section (have nl, de)")
+        return getattr(self, lang)
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    min_seconds: float
+    max_seconds: float
+    min_rms: float
+    max_reject_fraction: float
+    workers: int
+
+    def check(self, key: str) -> None:
+        _require(self.min_seconds >= 0, f"{key}.min_seconds", f"must be >= 0, got {self.min_seconds}")
+        _require(self.max_seconds > self.min_seconds, f"{key}.max_seconds",
+                 f"must exceed min_seconds ({self.min_seconds}), got {self.max_seconds}")
+        _require(self.min_rms >= 0, f"{key}.min_rms", f"must be >= 0, got {self.min_rms}")
+        _require(0 <= self.max_reject_fraction <= 1, f"{key}.max_reject_fraction",
+                 f"must be in [0, 1], got {self.max_reject_fraction}")
+        _require(self.workers >= 0, f"{key}.workers", f"must be >= 0 (0 = all cores), got {self.workers}")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    name: str
+    config: dict[str, Any]
+
+    def check(self, key: str) -> None:
+        _require(bool(self.name.strip()), f"{key}.name", "must be 'tiny', a checkpoint folder or a hub id")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """One training run of the shared core (pretrain, adapt)."""
+
+    lr: float
+    warmup_ratio: float
+    epochs: float | None
+    max_steps: int | None
+    batch_size: int
+    effective_batch_size: int
+    weight_decay: float
+    max_grad_norm: float
+    freeze_feature_encoder: bool
+    dropout: float
+    layerdrop: float
+    mask_time_prob: float
+    fp16: bool
+    bf16: bool
+    eval_steps: int
+    early_stopping_patience: int
+    dataloader_workers: int
+    save_total_limit: int
+
+    def check(self, key: str) -> None:
+        _require(self.lr > 0, f"{key}.lr", f"must be > 0, got {self.lr}")
+        _require((self.epochs is None) != (self.max_steps is None), f"{key}.epochs",
+                 f"set exactly one of epochs and max_steps, got epochs={self.epochs}, max_steps={self.max_steps}")
+        _require(self.epochs is None or self.epochs > 0, f"{key}.epochs", f"must be > 0, got {self.epochs}")
+        _require(self.max_steps is None or self.max_steps > 0, f"{key}.max_steps", f"must be > 0, got {self.max_steps}")
+        for name in ("warmup_ratio", "dropout", "layerdrop", "mask_time_prob"):
+            value = getattr(self, name)
+            _require(0 <= value < 1, f"{key}.{name}", f"must be in [0, 1), got {value}")
+        for name in ("batch_size", "effective_batch_size", "eval_steps", "save_total_limit"):
+            value = getattr(self, name)
+            _require(value >= 1, f"{key}.{name}", f"must be >= 1, got {value}")
+        for name in ("weight_decay", "max_grad_norm", "early_stopping_patience", "dataloader_workers"):
+            value = getattr(self, name)
+            _require(value >= 0, f"{key}.{name}", f"must be >= 0, got {value}")
+        _require(not (self.fp16 and self.bf16), f"{key}.fp16", "fp16 and bf16 exclude each other")
+        self.grad_accum_steps(1, key)
+
+    def grad_accum_steps(self, processes: int, key: str) -> int:
+        """Micro-batches per optimiser step so that batch x accumulation x processes = effective batch."""
+        per_step = self.batch_size * processes
+        _require(self.effective_batch_size % per_step == 0, f"{key}.effective_batch_size",
+                 f"{self.effective_batch_size} is not a multiple of batch_size {self.batch_size} x {processes} process(es)")
+        return self.effective_batch_size // per_step
+
+
+@dataclass(frozen=True)
+class FisherParams:
+    samples: int
+    kind: Literal["empirical", "sampled"]
+    draws: int
+    normalize: Literal["none", "max", "mean"]
+    batch_size: int
+
+    def check(self, key: str) -> None:
+        _require(self.samples >= 1, f"{key}.samples", f"must be >= 1, got {self.samples}")
+        _require(self.draws >= 1, f"{key}.draws", f"must be >= 1, got {self.draws}")
+        _require(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptParams(TrainParams):
+    method: Literal["ewc", "l2"]
+    ewc_lambda: float
+    ewc_dtype: Literal["float32", "bfloat16"]
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        _require(self.ewc_lambda >= 0, f"{key}.ewc_lambda", f"must be >= 0, got {self.ewc_lambda}")
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    batch_size: int
+    bootstrap_samples: int
+
+    def check(self, key: str) -> None:
+        _require(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.bootstrap_samples >= 0, f"{key}.bootstrap_samples", f"must be >= 0, got {self.bootstrap_samples}")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    data: DataParams
+    demo: DemoParams
+    sample: SampleParams
+    validate: ValidateParams
+    model: ModelParams
+    pretrain: TrainParams
+    fisher: FisherParams
+    adapt: AdaptParams
+    eval: EvalParams
+
+    def check(self, key: str) -> None:
+        _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """`value` as type `hint`, or a ParamsError naming `key`."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _convert(value, inner, key)
+    if origin is Literal:
+        _require(value in typing.get_args(hint), key, f"must be one of {list(typing.get_args(hint))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin is dict or hint is dict:
+        _require(isinstance(value, dict), key, f"must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        _require(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # "1e-05" from `dvc exp run -S`
+            try:
+                value = float(value)
+            except ValueError:
+                raise ParamsError(f"{key}: must be a number, got {value!r}") from None
+        _require(isinstance(value, int | float) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+        _require(math.isfinite(value), key, f"must be finite, got {value!r}")
+        return float(value)
+    if hint is str:
+        _require(isinstance(value, str), key, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: unsupported type {hint!r} in the params schema")
+
+
+def _build(cls: type, raw: Any, key: str) -> Any:
+    _require(isinstance(raw, dict), key or "params.yaml", f"must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    prefix = f"{key}." if key else ""
+    unknown = sorted(set(raw) - set(fields))
+    _require(not unknown, f"{prefix}{unknown[0] if unknown else ''}", f"unknown key (allowed: {', '.join(fields)})")
+    values = {}
+    for name in fields:
+        _require(name in raw, f"{prefix}{name}", "missing")
+        values[name] = _convert(raw[name], hints[name], f"{prefix}{name}")
+    obj = cls(**values)
+    obj.check(key)
+    return obj
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate a parsed params mapping (e.g. `yaml.safe_load` of params.yaml)."""
+    return _build(Params, raw, "")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate `path`; the error names the file and the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return parse_params(raw)
+    except (ParamsError, yaml.YAMLError) as err:
+        raise ParamsError(f"{path}: {err}") from err

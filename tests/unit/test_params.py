@@ -1,0 +1,77 @@
+"""The params schema: the shipped file loads, and each kind of bad value is refused naming its key."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.params import ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[2]
+RAW = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+
+
+def with_change(path: str, value: object) -> dict:
+    """A copy of params.yaml with the dotted key set (or removed when value is ...)."""
+    raw = copy.deepcopy(RAW)
+    *parents, leaf = path.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    if value is ...:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return raw
+
+
+def test_shipped_params_load():
+    params = load_params(ROOT / "params.yaml")
+    assert params.adapt.ewc_lambda == RAW["adapt"]["ewc_lambda"]
+    assert params.sample.language("nl").n == RAW["sample"]["nl"]["n"]
+    assert params.model.config["hidden_size"] == RAW["model"]["config"]["hidden_size"]
+
+
+def test_float_written_by_dvc_exp_run_is_accepted():
+    # `dvc exp run -S adapt.lr=1e-5` writes 1e-05, which PyYAML reads as a string
+    raw = yaml.safe_load(yaml.safe_dump(RAW).replace("lr: 0.001", "lr: 1e-05"))
+    assert isinstance(raw["adapt"]["lr"], str)
+    assert parse_params(raw).adapt.lr == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("adapt.ewc_lamda", 0.1, "adapt.ewc_lamda: unknown key"),
+    ("adapt.ewc_lambda", ..., "adapt.ewc_lambda: missing"),
+    ("adapt.ewc_lambda", -1.0, "adapt.ewc_lambda: must be >= 0"),
+    ("adapt.lr", "fast", "adapt.lr: must be a number"),
+    ("pretrain.batch_size", 2.5, "pretrain.batch_size: must be an integer"),
+    ("pretrain.batch_size", 3, "pretrain.effective_batch_size: 8 is not a multiple of batch_size 3"),
+    ("pretrain.fp16", "yes", "pretrain.fp16: must be true or false"),
+    ("pretrain.epochs", 3, "pretrain.epochs: set exactly one of epochs and max_steps"),
+    ("sample.nl.n", -5, "sample.nl.n: must be >= 1"),
+    ("sample.split.test", 0.5, "sample.split: train + dev + test must be 1"),
+    ("fisher.kind", "true", "fisher.kind: must be one of ['empirical', 'sampled']"),
+    ("validate.max_seconds", 0.5, "validate.max_seconds: must exceed min_seconds"),
+    ("demo.speakers", 1, "demo.speakers: must be >= 3"),
+    ("seed", "0", "seed: must be an integer"),
+])
+def test_bad_value_is_refused_naming_the_key(key, value, message):
+    with pytest.raises(ParamsError) as err:
+        parse_params(with_change(key, value))
+    assert message in str(err.value)
+
+
+def test_error_names_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(with_change("eval.batch_size", 0)), encoding="utf-8")
+    with pytest.raises(ParamsError, match=r"params\.yaml: eval\.batch_size: must be >= 1"):
+        load_params(path)
+
+
+def test_grad_accum_steps_accounts_for_processes():
+    params = parse_params(with_change("adapt.effective_batch_size", 32))
+    assert params.adapt.grad_accum_steps(1, "adapt") == 4
+    assert params.adapt.grad_accum_steps(2, "adapt") == 2
+    with pytest.raises(ParamsError, match=r"adapt\.effective_batch_size"):
+        params.adapt.grad_accum_steps(3, "adapt")
