@@ -1,0 +1,58 @@
+"""Stage `validate@<lang>`: open every sampled clip, keep the readable ones within the duration and loudness
+bounds (with a `duration_s` column), and record every reject with its reason.
+
+Clips are read from `<data.corpus>/<lang>/clips/` (a relative corpus is relative to the repository root,
+the working directory of `dvc repro`). Outputs are written into `<out>.tmp` and renamed to `<out>` only when
+the reject fraction is within `validate.max_reject_fraction`, so a failed or interrupted run leaves nothing
+that looks complete; on failure `<out>.tmp/rejects.tsv` is kept for inspection.
+"""
+
+import argparse
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from stages.audio import ValidationError, check_reject_fraction, validate_splits, validation_metrics, write_rejects_tsv
+from stages.corpus import SPLITS, read_split_tsv, write_json, write_split_tsv
+from stages.params import load_params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lang", required=True)
+    parser.add_argument("--sampled", type=Path, required=True, help="folder with the sampled train/dev/test.tsv")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the validated TSVs and rejects.tsv")
+    parser.add_argument("--metrics", type=Path, required=True, help="counts JSON")
+    args = parser.parse_args()
+    params = load_params()
+    bounds = params.validate
+
+    clips_dir = Path(params.data.corpus) / args.lang / "clips"
+    if not clips_dir.is_dir():
+        raise SystemExit(f"validate {args.lang}: no clips folder {clips_dir} (data.corpus = {params.data.corpus})")
+    splits = {name: read_split_tsv(args.sampled / f"{name}.tsv") for name in SPLITS}
+    validation = validate_splits(splits, clips_dir, bounds.min_seconds, bounds.max_seconds, bounds.min_rms, bounds.workers)
+
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    for stale in (args.out, tmp):
+        shutil.rmtree(stale, ignore_errors=True)
+    for name in SPLITS:
+        write_split_tsv(tmp / f"{name}.tsv", validation.kept[name], extra=("duration_s",))
+    write_rejects_tsv(tmp / "rejects.tsv", validation.rejects)
+    try:
+        metrics = validation_metrics(splits, validation)
+        check_reject_fraction(args.lang, validation, metrics, bounds.max_reject_fraction)
+    except ValidationError as err:
+        raise SystemExit(f"{err}\nclips folder: {clips_dir}; every reject: {tmp / 'rejects.tsv'}") from err
+    tmp.rename(args.out)
+    write_json(args.metrics, {"lang": args.lang, **metrics})
+
+    reasons = Counter(r.reason for r in validation.rejects)
+    rejected = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+    print(f"validate {args.lang}: kept {metrics['kept']}/{metrics['sampled']} clips "
+          f"({metrics['rejected']} rejected{': ' + rejected if rejected else ''}) "
+          f"{metrics['hours_kept']:.2f} h, wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

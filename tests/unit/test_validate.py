@@ -1,0 +1,90 @@
+"""The validate stage's CLI: outputs, metrics, the summary line, the reject-fraction failure, atomic output."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+from stages import validate
+from stages.corpus import SPLITS, Utterance, read_split_tsv, write_split_tsv
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_mp3(path: Path, seconds: float, freq: float) -> None:
+    t = np.arange(round(seconds * 48_000)) / 48_000
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), 48_000, format="MP3")
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch) -> Path:
+    """A working directory like the repo root: params.yaml, a corpus with 9 good clips and 1 missing, the sampled TSVs."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["data"]["corpus"] = "corpus"
+    params["validate"].update(min_seconds=1.0, max_seconds=5.0, max_reject_fraction=0.2, workers=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    rows = []
+    for i in range(10):
+        name = f"common_voice_nl_{i}.mp3"
+        if i != 7:
+            write_mp3(tmp_path / "corpus" / "nl" / "clips" / name, 1.0 + 0.25 * i, 200 + 40 * i)
+        rows.append(Utterance(f"spk{i % 3}", name, f"Zin {i}.", f"zin {i}"))
+    for split, part in zip(SPLITS, (rows[:6], rows[6:8], rows[8:]), strict=True):
+        write_split_tsv(tmp_path / "sampled" / f"{split}.tsv", part)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_stage(monkeypatch) -> None:
+    argv = ["validate", "--lang", "nl", "--sampled", "sampled", "--out", "validated/nl", "--metrics", "reports/nl.json"]
+    monkeypatch.setattr(sys, "argv", argv)
+    validate.main()
+
+
+def test_stage_writes_kept_rows_rejects_metrics_and_a_summary(repo, monkeypatch, capsys):
+    (repo / "validated" / "nl" / "stale.tsv").parent.mkdir(parents=True)
+    (repo / "validated" / "nl" / "stale.tsv").write_text("old run\n")
+    run_stage(monkeypatch)
+
+    out = repo / "validated" / "nl"
+    assert sorted(p.name for p in out.iterdir()) == ["dev.tsv", "rejects.tsv", "test.tsv", "train.tsv"]
+    assert not (repo / "validated" / "nl.tmp").exists()
+    train = read_split_tsv(out / "train.tsv")
+    assert [u.path for u in train] == [f"common_voice_nl_{i}.mp3" for i in range(6)]
+    assert [u.duration_s for u in train] == [1.0, 1.25, 1.5, 1.75, 2.0, 2.25]
+    assert [u.path for u in read_split_tsv(out / "dev.tsv")] == ["common_voice_nl_6.mp3"]
+    rejects = (out / "rejects.tsv").read_text(encoding="utf-8").splitlines()
+    assert rejects[1].split("\t")[:5] == ["dev", "common_voice_nl_7.mp3", "spk1", "Zin 7.", "missing"]
+
+    metrics = json.loads((repo / "reports" / "nl.json").read_text(encoding="utf-8"))
+    assert metrics["lang"] == "nl"
+    assert metrics["splits"]["dev"] == {"sampled": 2, "kept": 1, "rejected": 1, "hours_kept": round(2.5 / 3600, 4)}
+    assert (metrics["sampled"], metrics["kept"], metrics["rejected"]) == (10, 9, 1)
+    assert metrics["rejects_by_reason"]["missing"] == 1
+    assert metrics["reject_fraction"] == 0.1
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary == "validate nl: kept 9/10 clips (1 rejected: 1 missing) 0.01 h, wrote validated/nl"
+
+
+def test_too_many_rejects_fail_loudly_and_leave_nothing_complete(repo, monkeypatch):
+    for clip in list((repo / "corpus" / "nl" / "clips").glob("*_[0-3].mp3")):
+        clip.unlink()
+    with pytest.raises(SystemExit) as err:
+        run_stage(monkeypatch)
+    message = str(err.value.code)
+    assert message.startswith("validate nl: rejected 5/10 clips (50.0%), more than validate.max_reject_fraction = 0.2")
+    assert "most common reason: missing (5), e.g. train.tsv line 2 (common_voice_nl_0.mp3)" in message
+    assert not (repo / "validated" / "nl").exists()
+    assert not (repo / "reports" / "nl.json").exists()
+    assert len((repo / "validated" / "nl.tmp" / "rejects.tsv").read_text().splitlines()) == 1 + 5
+
+
+def test_a_wrong_corpus_path_names_the_missing_clips_folder(repo, monkeypatch):
+    (repo / "corpus" / "nl" / "clips").rename(repo / "corpus" / "nl" / "elsewhere")
+    with pytest.raises(SystemExit, match=r"validate nl: no clips folder corpus/nl/clips \(data.corpus = corpus\)"):
+        run_stage(monkeypatch)
