@@ -43,6 +43,8 @@ class DemoParams:
     def check(self, key: str) -> None:
         _require(self.clips_per_lang >= 10, f"{key}.clips_per_lang", f"must be >= 10, got {self.clips_per_lang}")
         _require(self.speakers >= 3, f"{key}.speakers", f"must be >= 3 for three speaker-disjoint splits, got {self.speakers}")
+        _require(self.clips_per_lang >= self.speakers, f"{key}.clips_per_lang",
+                 f"must be >= demo.speakers ({self.speakers}) so every speaker has a clip, got {self.clips_per_lang}")
 
 
 @dataclass(frozen=True)
