@@ -1,0 +1,174 @@
+"""The CTC model and its processor: a tiny wav2vec2 built from `model.config`, or a checkpoint loaded offline
+and fitted to our vocabulary; the per-run training settings; greedy CTC decoding.
+
+Vocabulary conventions (see `stages.corpus.build_vocab`): `[PAD]` = 0 is also the CTC blank, `|` separates
+words. Every model here computes the CTC loss with `ctc_loss_reduction="mean"` (each utterance's loss is
+divided by its target length, then averaged over the batch) and `ctc_zero_infinity=True`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import StrictDataclassError
+from torch import nn
+from transformers import (
+    Wav2Vec2Config,
+    Wav2Vec2CTCTokenizer,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForCTC,
+    Wav2Vec2Processor,
+    set_seed,
+)
+
+from stages.audio import TARGET_SR
+from stages.corpus import PAD, UNK, WORD_DELIMITER
+from stages.params import ModelParams, TrainParams
+
+log = logging.getLogger(__name__)
+
+TINY = "tiny"
+BLANK_ID = 0  # [PAD]
+CTC_SETTINGS = {"pad_token_id": BLANK_ID, "ctc_loss_reduction": "mean", "ctc_zero_infinity": True}
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "config.json")
+
+
+class ModelError(ValueError):
+    """A model that cannot be built or loaded; the message names the checkpoint."""
+
+
+def build_processor(vocab_path: Path) -> Wav2Vec2Processor:
+    """Tokenizer over `vocab_path` (Wav2Vec2CTCTokenizer format) + a 16 kHz, per-utterance normalising feature extractor.
+
+    No `<s>`/`</s>`: CTC has no use for them, and the tokenizer would append them to the vocabulary (and the
+    Trainer copy their ids into the model config), so `len(tokenizer)` is exactly the vocabulary size.
+    """
+    tokenizer = Wav2Vec2CTCTokenizer(str(vocab_path), unk_token=UNK, pad_token=PAD, word_delimiter_token=WORD_DELIMITER,
+                                     bos_token=None, eos_token=None)
+    if tokenizer.pad_token_id != BLANK_ID:
+        raise ModelError(f"{vocab_path}: {PAD} must have id {BLANK_ID} (the CTC blank), has {tokenizer.pad_token_id}")
+    features = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=TARGET_SR, padding_value=0.0, do_normalize=True,
+                                        return_attention_mask=True)
+    return Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer)
+
+
+def build_model(params: ModelParams, vocab_size: int, seed: int) -> Wav2Vec2ForCTC:
+    """`tiny`: a randomly initialised (seeded) Wav2Vec2ForCTC from `params.config`; otherwise `params.name` is a
+    local checkpoint folder or a hub id already in the cache, loaded offline, whose CTC head is replaced by a
+    fresh one of `vocab_size` outputs when its size differs."""
+    set_seed(seed)
+    if params.name == TINY:
+        known = {f.name for f in dataclasses.fields(Wav2Vec2Config)}
+        unknown = sorted(set(params.config) - known)
+        if unknown:  # Wav2Vec2Config would keep a misspelt key as an unused attribute
+            raise ModelError(f"model.config.{unknown[0]}: not a Wav2Vec2Config field")
+        try:
+            config = Wav2Vec2Config(**{**params.config, "vocab_size": vocab_size, **CTC_SETTINGS})
+        except (StrictDataclassError, TypeError, ValueError) as err:
+            raise ModelError(f"model.config: not valid Wav2Vec2Config values: {err}") from err
+        return Wav2Vec2ForCTC(config)
+    model = load_model(params.name)
+    old_size = model.lm_head.out_features
+    if old_size != vocab_size:
+        log.warning("%s: CTC head replaced, %d -> %d outputs (our vocabulary), freshly initialised", params.name,
+                    old_size, vocab_size)
+        model.lm_head = nn.Linear(model.lm_head.in_features, vocab_size)
+        model._init_weights(model.lm_head)
+        model.config.vocab_size = vocab_size
+    model.config.update(CTC_SETTINGS)
+    return model
+
+
+def load_model(name: str | Path) -> Wav2Vec2ForCTC:
+    """A Wav2Vec2ForCTC from a checkpoint folder or a cached hub id, offline, without remote code.
+
+    safetensors weights are read when present; a `.bin`-only checkpoint goes through `torch.load(weights_only=True)`.
+    """
+    try:
+        return Wav2Vec2ForCTC.from_pretrained(str(name), local_files_only=True, trust_remote_code=False)
+    except OSError as err:
+        raise ModelError(f"model {name}: not a checkpoint folder nor a hub id in the local cache (offline): {err}") from err
+
+
+def load_trained(model_dir: Path) -> tuple[Wav2Vec2ForCTC, Wav2Vec2Processor]:
+    """A model and its processor as `save_model` wrote them, in eval mode."""
+    model = load_model(model_dir)
+    return model.eval(), Wav2Vec2Processor.from_pretrained(str(model_dir), local_files_only=True)
+
+
+def checkpoint_files(name: str) -> list[Path]:
+    """The files that define a start model (weights, config) for the run key; none for `tiny` (its params do)."""
+    if name == TINY:
+        return []
+    folder = Path(name)
+    if not folder.is_dir():
+        folder = Path(snapshot_download(name, local_files_only=True))
+    return sorted(p for pattern in _WEIGHT_PATTERNS for p in folder.glob(pattern))
+
+
+def save_model(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, out_dir: Path) -> None:
+    """Write model (model.safetensors + config.json) and processor files to `out_dir`, replacing it whole.
+
+    Written to `<out_dir>.tmp` first and renamed, so an interrupted save never leaves a half model behind.
+    transformers 5 always saves safetensors (there is no `safe_serialization` switch any more).
+    """
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    if not (tmp / "model.safetensors").is_file():
+        raise ModelError(f"{tmp}: save_pretrained wrote no model.safetensors ({sorted(p.name for p in tmp.iterdir())})")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+
+
+def apply_training_config(model: Wav2Vec2ForCTC, params: TrainParams) -> None:
+    """Set dropout, layerdrop and SpecAugment time masking for a run, in the config and in the built modules.
+
+    `params.dropout` applies to every dropout of the model (hidden, activation, attention, feature
+    projection, final). The modules of a loaded checkpoint were built with its old values, so each
+    `nn.Dropout` and each attention module's float `dropout` is set here too; layerdrop and masking are read
+    from the config at every forward pass; the mask embedding exists only while masking is on. The feature
+    encoder is frozen when `params.freeze_feature_encoder`.
+    """
+    dropout_keys = ("hidden_dropout", "activation_dropout", "attention_dropout", "feat_proj_dropout", "final_dropout")
+    model.config.update({key: params.dropout for key in dropout_keys})
+    model.config.update({"layerdrop": params.layerdrop, "mask_time_prob": params.mask_time_prob})
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = params.dropout
+        elif isinstance(getattr(module, "dropout", None), float):  # attention: functional dropout with this p
+            module.dropout = params.dropout
+    # Wav2Vec2Model has a mask embedding only when its config masks: match that, so that the saved model
+    # loads back without a missing or unexpected key
+    base, masking = model.wav2vec2, params.mask_time_prob > 0 or model.config.mask_feature_prob > 0
+    if masking and not hasattr(base, "masked_spec_embed"):
+        base.masked_spec_embed = nn.Parameter(torch.empty(model.config.hidden_size).uniform_())  # as __init__ does
+    elif not masking and hasattr(base, "masked_spec_embed"):
+        del base.masked_spec_embed
+    if params.freeze_feature_encoder:
+        model.freeze_feature_encoder()
+
+
+def blank_padding_frames(model: Wav2Vec2ForCTC, logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """`logits` (batch, frames, vocab) with every frame past an utterance's end set to predict the blank,
+    so greedy decoding reads each utterance as if it had been decoded alone. `attention_mask` is (batch, samples)."""
+    frames = model._get_feature_vector_attention_mask(logits.shape[1], attention_mask)  # (batch, frames) bool
+    blank = torch.full_like(logits, float("-inf"))
+    blank[..., BLANK_ID] = 0.0
+    return torch.where(frames[..., None], logits, blank)
+
+
+def greedy_decode(pred_ids: np.ndarray | torch.Tensor, tokenizer: Wav2Vec2CTCTokenizer) -> list[str]:
+    """Greedy CTC decoding of argmax ids (batch, frames): repeats collapse, blanks go, `|` becomes a space.
+
+    -100 (the Trainer's padding between batches) counts as blank.
+    """
+    ids = np.asarray(pred_ids)
+    return tokenizer.batch_decode(np.where(ids == -100, BLANK_ID, ids))

@@ -1,0 +1,202 @@
+"""Scoring: greedy transcription in batches, WER and CER (jiwer) per utterance and per corpus, bootstrap
+confidence intervals, the continual-learning metrics derived from several models, and the error-rate figure.
+
+References are the normalised texts of the split files; hypotheses go through the same `normalise_text`.
+A corpus rate is total errors over total reference units (words; characters, spaces included), which is
+what jiwer computes over a list of sentences.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+
+from stages.corpus import Utterance, normalise_text
+from stages.model import blank_padding_frames, greedy_decode
+from stages.train import CTCCollator, UtteranceDataset
+
+_CHUNK_ENTRIES = 1 << 22  # resampled indices held at once by the bootstrap
+
+
+class ScoringError(ValueError):
+    """Scores that cannot be compared; the message names the systems and the utterance."""
+
+
+@dataclass(frozen=True)
+class UtteranceScore:
+    """One utterance's edit counts: errors = substitutions + deletions + insertions."""
+
+    path: str
+    reference: str
+    hypothesis: str
+    word_errors: int
+    ref_words: int
+    char_errors: int
+    ref_chars: int
+
+
+SCORE_COLUMNS = tuple(f.name for f in dataclasses.fields(UtteranceScore))
+
+
+def transcribe(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, utterances: Sequence[Utterance], clips_dir: Path,
+               batch_size: int, progress: bool = True) -> list[str]:
+    """Greedy CTC hypotheses (normalised) in the order of `utterances`. Batches are formed longest first, so
+    little is padded, and frames past each utterance's end are blanked, so batching does not change a result."""
+    order = sorted(range(len(utterances)), key=lambda i: -(utterances[i].duration_s or 0))
+    loader = DataLoader(UtteranceDataset([utterances[i] for i in order], clips_dir, processor), batch_size=batch_size,
+                        collate_fn=CTCCollator())
+    device = next(model.parameters()).device
+    model.eval()
+    hypotheses: list[str] = []
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="transcribe", unit="batch", disable=not progress):
+            mask = batch["attention_mask"].to(device)
+            logits = model(batch["input_values"].to(device), attention_mask=mask).logits
+            ids = blank_padding_frames(model, logits, mask).argmax(-1).cpu()
+            hypotheses.extend(normalise_text(h) for h in greedy_decode(ids, processor.tokenizer))
+    in_order = [""] * len(utterances)
+    for position, index in enumerate(order):
+        in_order[index] = hypotheses[position]
+    return in_order
+
+
+def score_utterance(path: str, reference: str, hypothesis: str) -> UtteranceScore:
+    """Word and character edit counts of `hypothesis` against a non-empty `reference` (both normalised)."""
+    if not reference:
+        raise ScoringError(f"{path}: empty reference")
+    words = jiwer.process_words(reference, hypothesis)
+    chars = jiwer.process_characters(reference, hypothesis)
+    return UtteranceScore(
+        path, reference, hypothesis,
+        word_errors=words.substitutions + words.deletions + words.insertions,
+        ref_words=words.hits + words.substitutions + words.deletions,
+        char_errors=chars.substitutions + chars.deletions + chars.insertions,
+        ref_chars=chars.hits + chars.substitutions + chars.deletions,
+    )
+
+
+def error_rates(scores: Sequence[UtteranceScore], samples: int = 0, seed: int = 0) -> dict[str, float | int]:
+    """Corpus `wer` and `cer` of `scores`, their number of `utterances`, and with `samples` > 0 the bootstrap
+    95% interval of the WER as `wer_ci_low`, `wer_ci_high`."""
+    rates: dict[str, float | int] = {
+        "wer": sum(s.word_errors for s in scores) / sum(s.ref_words for s in scores),
+        "cer": sum(s.char_errors for s in scores) / sum(s.ref_chars for s in scores),
+        "utterances": len(scores),
+    }
+    if samples:
+        rates["wer_ci_low"], rates["wer_ci_high"] = bootstrap_ci([s.word_errors for s in scores],
+                                                                 [s.ref_words for s in scores], samples, seed)
+    return rates
+
+
+def _resampled_rates(errors: np.ndarray, units: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """Corpus rates sum(errors)/sum(units) over `samples` resamples of the utterances (with replacement).
+
+    `errors` is (systems, utterances), `units` (utterances,); returns (samples, systems).
+    """
+    if samples < 1:
+        raise ScoringError(f"bootstrap needs >= 1 resample, got {samples}")
+    n = units.shape[0]
+    rng = np.random.default_rng(seed)
+    rates = []
+    for start in range(0, samples, max(1, _CHUNK_ENTRIES // n)):
+        index = rng.integers(0, n, size=(min(samples - start, max(1, _CHUNK_ENTRIES // n)), n))  # (chunk, utterances)
+        rates.append(errors[:, index].sum(-1).T / units[index].sum(-1)[:, None])
+    return np.concatenate(rates)
+
+
+def bootstrap_ci(word_errors: Sequence[int], ref_words: Sequence[int], samples: int, seed: int) -> tuple[float, float]:
+    """95% percentile interval of the corpus WER, resampling utterances `samples` times (seeded)."""
+    rates = _resampled_rates(np.asarray([word_errors], dtype=float), np.asarray(ref_words, dtype=float), samples, seed)
+    low, high = np.percentile(rates[:, 0], [2.5, 97.5])
+    return float(low), float(high)
+
+
+def paired_bootstrap_ci(errors_a: Sequence[int], errors_b: Sequence[int], ref_words: Sequence[int], samples: int,
+                        seed: int) -> tuple[float, float]:
+    """95% percentile interval of WER(b) - WER(a) for two systems scored on the same utterances: each resample
+    draws the same utterances for both, so the interval reflects the difference, not each system's spread."""
+    rates = _resampled_rates(np.asarray([errors_a, errors_b], dtype=float), np.asarray(ref_words, dtype=float), samples, seed)
+    low, high = np.percentile(rates[:, 1] - rates[:, 0], [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _change(first: Sequence[UtteranceScore], second: Sequence[UtteranceScore], samples: int, seed: int) -> dict[str, float]:
+    """WER and CER of `second` minus those of `first` (same utterances), with the paired bootstrap interval of the WER change."""
+    for a, b in zip(first, second, strict=True):
+        if a.path != b.path:
+            raise ScoringError(f"paired scores differ in their utterances: {a.path} against {b.path}")
+    before, after = error_rates(first), error_rates(second)
+    change = {"wer": after["wer"] - before["wer"], "cer": after["cer"] - before["cer"]}
+    if samples:
+        change["wer_ci_low"], change["wer_ci_high"] = paired_bootstrap_ci(
+            [s.word_errors for s in first], [s.word_errors for s in second], [s.ref_words for s in first], samples, seed)
+    return change
+
+
+def derived_metrics(scores: Mapping[str, Mapping[str, Sequence[UtteranceScore]]], before: str, after: str, source: str,
+                    target: str, samples: int, seed: int) -> dict[str, object]:
+    """The continual-learning metrics, from `scores[model][language]`; empty unless `before` and `after` exist.
+
+    `forgetting[source]` = error on the source language after minus before (positive = forgotten);
+    `learning[target]` = error on the target language before minus after (positive = learnt); each with the
+    paired bootstrap 95% interval of its WER part when `samples` > 0. `awer` = mean WER over both languages
+    after adaptation; `bwt` = backward transfer as CL-MASR defines it for two tasks, WER on the source before
+    minus after (negative = forgetting).
+    """
+    if before not in scores or after not in scores:
+        return {}
+    forgetting = _change(scores[before][source], scores[after][source], samples, seed)
+    learning = _change(scores[after][target], scores[before][target], samples, seed)  # before - after
+    after_wer = [error_rates(scores[after][lang])["wer"] for lang in (source, target)]
+    return {
+        "forgetting": {source: forgetting},
+        "learning": {target: learning},
+        "awer": float(np.mean(after_wer)),
+        "bwt": -forgetting["wer"],
+    }
+
+
+def write_scores_tsv(path: Path, scores: Sequence[UtteranceScore]) -> None:
+    """Per-utterance scores as an unquoted TSV of SCORE_COLUMNS (normalised text holds no tabs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
+        writer.writerow(SCORE_COLUMNS)
+        writer.writerows(dataclasses.astuple(s) for s in scores)
+
+
+def plot_error_rates(rates: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path) -> None:
+    """Grouped bars of WER and CER for each (model, language) in `rates[model][language]`, with the WER
+    interval as an error bar where `wer_ci_low`/`wer_ci_high` are present; saved as PNG (Agg canvas)."""
+    groups = [(model, lang) for model, by_lang in rates.items() for lang in by_lang]
+    x = np.arange(len(groups))
+    figure = Figure(figsize=(max(4.0, 1.6 * len(groups) + 1.5), 3.6), layout="constrained")
+    ax = figure.add_subplot()
+    for offset, metric in ((-0.2, "wer"), (0.2, "cer")):
+        values = [rates[m][lang][metric] for m, lang in groups]
+        error = None
+        if metric == "wer" and all("wer_ci_low" in rates[m][lang] for m, lang in groups):
+            error = np.array([[rates[m][lang]["wer"] - rates[m][lang]["wer_ci_low"],
+                               rates[m][lang]["wer_ci_high"] - rates[m][lang]["wer"]] for m, lang in groups]).T
+        bars = ax.bar(x + offset, values, width=0.4, yerr=error, capsize=3, label=metric.upper())
+        ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
+    ax.set_xticks(x, [f"{m}\n{lang}" for m, lang in groups])
+    ax.set_xlabel("model / test language")
+    ax.set_ylabel("error rate (test)")
+    ax.set_ylim(0, max(1.1, ax.get_ylim()[1]))
+    ax.set_title("Test error rates, greedy CTC decoding")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)

@@ -1,0 +1,210 @@
+"""The tiny model and checkpoints: build, save/load, head replacement, the tokenizer, training settings, decoding."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from stages.corpus import build_vocab, normalise_text
+from stages.model import (
+    BLANK_ID,
+    ModelError,
+    apply_training_config,
+    blank_padding_frames,
+    build_model,
+    build_processor,
+    checkpoint_files,
+    greedy_decode,
+    load_trained,
+    save_model,
+)
+from stages.params import load_params
+
+ROOT = Path(__file__).resolve().parents[2]
+SENTENCES = {
+    "nl": ["Het ijs is één keer gebroken, zo'n ding!", "Zoë's ruïne: geëerd en gerëorganiseerd?"],
+    "de": ["Die Straße ist groß; Mädchen ärgern sich über Öl.", "Geht's dir gut? Äußerst süß!"],
+}
+
+
+@pytest.fixture(scope="module")
+def params():
+    return load_params(ROOT / "params.yaml")
+
+
+def write_vocab(path: Path, texts) -> Path:
+    path.write_text(json.dumps(build_vocab(texts), ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def vocab_path(tmp_path_factory) -> Path:
+    texts = [normalise_text(s) for sentences in SENTENCES.values() for s in sentences]
+    return write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.json", texts)
+
+
+@pytest.fixture(scope="module")
+def processor(vocab_path):
+    return build_processor(vocab_path)
+
+
+def audio_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two utterances (1.0 s and 0.6 s at 16 kHz), the second zero-padded; and their attention mask."""
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(2, 16_000, generator=generator)
+    mask = torch.ones(2, 16_000, dtype=torch.long)
+    values[1, 9_600:], mask[1, 9_600:] = 0.0, 0
+    return values, mask
+
+
+def test_tiny_model_is_sized_to_the_vocabulary(params, processor, vocab_path):
+    model = build_model(params.model, len(processor.tokenizer), seed=0)
+    vocab_size = len(json.loads(vocab_path.read_text(encoding="utf-8")))
+    assert len(processor.tokenizer) == vocab_size  # no <s>, </s> appended
+    assert model.lm_head.out_features == model.config.vocab_size == vocab_size
+    assert (model.config.pad_token_id, model.config.ctc_loss_reduction, model.config.ctc_zero_infinity) == (0, "mean", True)
+    assert model.config.hidden_size == params.model.config["hidden_size"]
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+    same = build_model(params.model, vocab_size, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values(), strict=True))
+
+
+def test_bad_tiny_config_names_the_key(params, processor):
+    bad = dataclasses.replace(params.model, config={**params.model.config, "hidden_size": "big"})
+    with pytest.raises(ModelError, match=r"model\.config: not valid"):
+        build_model(bad, len(processor.tokenizer), seed=0)
+    misspelt = dataclasses.replace(params.model, config={**params.model.config, "hiden_size": 64})
+    with pytest.raises(ModelError, match=r"model\.config\.hiden_size"):
+        build_model(misspelt, len(processor.tokenizer), seed=0)
+
+
+def test_saved_model_loads_with_identical_logits(params, processor, tmp_path):
+    model = build_model(params.model, len(processor.tokenizer), seed=0).eval()
+    save_model(model, processor, tmp_path / "model")
+    files = {p.name for p in (tmp_path / "model").iterdir()}
+    assert {"model.safetensors", "config.json", "vocab.json", "tokenizer_config.json"} <= files
+    assert not (tmp_path / "model.tmp").exists()
+    loaded, loaded_processor = load_trained(tmp_path / "model")
+    values, mask = audio_batch()
+    with torch.no_grad():
+        assert torch.equal(model(values, attention_mask=mask).logits, loaded(values, attention_mask=mask).logits)
+    assert loaded_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+    assert [p.name for p in checkpoint_files(str(tmp_path / "model"))] == ["config.json", "model.safetensors"]
+    assert checkpoint_files("tiny") == []
+
+
+def test_checkpoint_with_another_vocabulary_gets_a_fresh_head(params, processor, tmp_path):
+    other = build_processor(write_vocab(tmp_path / "small.json", ["abc"]))  # 6 tokens
+    start = build_model(params.model, len(other.tokenizer), seed=1)
+    save_model(start, other, tmp_path / "start")
+    start_config = json.loads((tmp_path / "start" / "config.json").read_text(encoding="utf-8"))
+    (tmp_path / "start" / "config.json").write_text(json.dumps({**start_config, "ctc_loss_reduction": "sum"}))
+    model = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), len(processor.tokenizer), seed=0)
+    assert model.lm_head.out_features == model.config.vocab_size == len(processor.tokenizer) != 6
+    assert (model.config.pad_token_id, model.config.ctc_loss_reduction, model.config.ctc_zero_infinity) == (0, "mean", True)
+    assert 0 < model.lm_head.weight.std() < 0.1  # initialised, not empty
+    body = {k: v for k, v in start.state_dict().items() if not k.startswith("lm_head")}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in body.items())  # the rest is the checkpoint's
+
+
+def test_missing_checkpoint_is_named(params, processor, tmp_path):
+    with pytest.raises(ModelError, match="no-such-model"):
+        build_model(dataclasses.replace(params.model, name=str(tmp_path / "no-such-model")), 10, seed=0)
+
+
+@pytest.mark.parametrize("lang", ["nl", "de"])
+def test_tokenizer_round_trips_normalised_text(processor, lang):
+    tokenizer = processor.tokenizer
+    for sentence in SENTENCES[lang]:
+        text = normalise_text(sentence)
+        ids = tokenizer(text.replace(" ", "|"))["input_ids"]
+        assert 1 not in ids  # no [UNK]
+        assert len(ids) == len(text)  # one token per character: ij is i + j, ë and ß are letters
+        assert tokenizer.decode(ids, group_tokens=False) == text
+
+
+def test_greedy_decode_collapses_repeats_and_drops_blanks(processor):
+    vocab = processor.tokenizer.get_vocab()
+    h, e, t, bar = vocab["h"], vocab["e"], vocab["t"], vocab["|"]
+    ids = np.array([
+        [h, h, e, BLANK_ID, e, t, t, bar, bar, t, -100, -100],  # "he" + "et", word break, "t"; -100 = padding
+        [BLANK_ID, t, BLANK_ID, t, BLANK_ID, BLANK_ID, bar, BLANK_ID, h, -100, -100, -100],
+    ])
+    assert greedy_decode(ids, processor.tokenizer) == ["heet t", "tt h"]
+
+
+def test_padded_frames_decode_as_blank(params, processor):
+    model = build_model(params.model, len(processor.tokenizer), seed=0).eval()
+    values, mask = audio_batch()
+    with torch.no_grad():
+        batch = blank_padding_frames(model, model(values, attention_mask=mask).logits, mask)
+        alone = model(values[1:, :9_600]).logits
+    frames = alone.shape[1]
+    assert torch.allclose(batch[1, :frames], alone[0], atol=1e-4)
+    assert (batch[1, frames:].argmax(-1) == BLANK_ID).all()
+    assert torch.equal(batch[0].argmax(-1), model(values[:1]).logits[0].argmax(-1))
+
+
+def train_params(params, **changes):
+    return dataclasses.replace(params.pretrain, **changes)
+
+
+def test_training_config_takes_effect_on_a_loaded_model(params, processor, tmp_path):
+    start = build_model(params.model, len(processor.tokenizer), seed=0)
+    apply_training_config(start, train_params(params, dropout=0.0, mask_time_prob=0.0))
+    save_model(start, processor, tmp_path / "start")
+    loaded = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), len(processor.tokenizer), seed=0)
+    values, mask = audio_batch()
+
+    def forward_twice() -> tuple[torch.Tensor, torch.Tensor]:
+        loaded.train()
+        with torch.no_grad():
+            return loaded(values, attention_mask=mask).logits, loaded(values, attention_mask=mask).logits
+
+    first, second = forward_twice()
+    assert torch.equal(first, second)  # saved with dropout 0: deterministic in train mode
+    apply_training_config(loaded, train_params(params, dropout=0.3, layerdrop=0.1))
+    dropouts = [m.p for m in loaded.modules() if isinstance(m, nn.Dropout)]
+    assert dropouts and set(dropouts) == {0.3}
+    assert {m.dropout for m in loaded.modules() if isinstance(getattr(m, "dropout", None), float)} == {0.3}
+    assert (loaded.config.hidden_dropout, loaded.config.final_dropout, loaded.config.layerdrop) == (0.3, 0.3, 0.1)
+    first, second = forward_twice()
+    assert not torch.equal(first, second)
+    apply_training_config(loaded, train_params(params, dropout=0.0))
+    assert torch.equal(*forward_twice())
+
+
+def test_model_trained_without_masking_reloads_key_for_key(params, processor, tmp_path):
+    model = build_model(params.model, len(processor.tokenizer), seed=0)  # built with the config default, 0.05
+    apply_training_config(model, train_params(params, mask_time_prob=0.0))
+    assert not hasattr(model.wav2vec2, "masked_spec_embed")
+    save_model(model, processor, tmp_path / "model")
+    loaded, _ = load_trained(tmp_path / "model")
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+
+
+def test_time_masking_on_a_checkpoint_built_without_it(params, processor, tmp_path):
+    start = build_model(dataclasses.replace(params.model, config={**params.model.config, "mask_time_prob": 0.0}),
+                        len(processor.tokenizer), seed=0)
+    assert not hasattr(start.wav2vec2, "masked_spec_embed")
+    save_model(start, processor, tmp_path / "start")
+    loaded = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), len(processor.tokenizer), seed=0)
+    apply_training_config(loaded, train_params(params, mask_time_prob=0.5))
+    assert loaded.wav2vec2.masked_spec_embed.requires_grad
+    values, mask = audio_batch()
+    loaded.train()
+    with torch.no_grad():
+        masked = loaded(values, attention_mask=mask).logits
+        loaded.eval()
+        assert not torch.equal(masked, loaded(values, attention_mask=mask).logits)
+
+
+def test_freeze_feature_encoder(params, processor):
+    model = build_model(params.model, len(processor.tokenizer), seed=0)
+    apply_training_config(model, train_params(params, freeze_feature_encoder=True))
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(name.startswith("wav2vec2.feature_extractor.") for name in frozen)

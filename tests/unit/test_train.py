@@ -1,0 +1,187 @@
+"""The training core on real eSpeak clips: the dataset and collator, loss falling, the regulariser hook, and
+resume / repeat determinism of short CPU runs."""
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stages.corpus import Utterance
+from stages.model import build_model, build_processor
+from stages.params import load_params
+from stages.train import (
+    CTCCollator,
+    LengthGroupedEpochSampler,
+    TrainDataError,
+    UtteranceDataset,
+    last_checkpoint,
+    run_key,
+    train_ctc,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS = load_params(ROOT / "params.yaml")
+# A micro run: 6 optimiser steps, evaluated and saved every 3, dropout and time masking on so that a resume
+# must restore the RNG state to match.
+MICRO = dataclasses.replace(PARAMS.pretrain, lr=3e-3, warmup_ratio=0.2, max_steps=6, batch_size=2, effective_batch_size=2,
+                            eval_steps=3, dropout=0.05, mask_time_prob=0.05, dataloader_workers=0, save_total_limit=2)
+
+
+def run(corpus, root: Path, params=MICRO, train=slice(0, 8), dev=slice(8, 12), regulariser=None, key="k" * 64):
+    """One `train_ctc` run of a freshly built tiny model (seed 0) with everything written under `root`."""
+    processor = build_processor(corpus.vocab)
+    model = build_model(PARAMS.model, len(processor.tokenizer), seed=0)
+    result = train_ctc(model, processor, corpus.utterances[train], corpus.utterances[dev], corpus.clips_dir, params, "micro",
+                       seed=0, out_dir=root / "model", reports_dir=root / "reports", checkpoints_root=root / "checkpoints",
+                       run_key=key, regulariser=regulariser)
+    return result, load_file(root / "model" / "model.safetensors")
+
+
+def curve(reports: Path, name: str) -> dict[int, float]:
+    """A dvclive metric history (step -> value)."""
+    with open(reports / "plots" / "metrics" / f"{name}.tsv", encoding="utf-8") as f:
+        return {int(row["step"]): float(row[name.split("/")[-1]]) for row in csv.DictReader(f, delimiter="\t")}
+
+
+def test_dataset_decodes_lazily_and_normalises(corpus):
+    processor = build_processor(corpus.vocab)
+    dataset = UtteranceDataset(corpus.utterances[:3], corpus.clips_dir, processor)
+    assert dataset.lengths == [round(u.duration_s * 16_000) for u in corpus.utterances[:3]]
+    item = dataset[1]
+    assert len(item["input_values"]) == dataset.lengths[1]
+    assert item["input_values"].dtype == np.float32
+    assert abs(item["input_values"].mean()) < 1e-3 and abs(item["input_values"].std() - 1) < 1e-2
+    text = corpus.utterances[1].text
+    assert processor.tokenizer.decode(item["labels"], group_tokens=False) == text
+    assert item["labels"].count(processor.tokenizer.convert_tokens_to_ids("|")) == text.count(" ")
+    with pytest.raises(TrainDataError, match=r"line 7 \(x\.mp3\): no duration_s"):
+        UtteranceDataset([Utterance("c", "x.mp3", "Een", "een", line=7)], corpus.clips_dir, processor)
+
+
+def test_collator_pads_audio_and_labels_separately():
+    items = [{"input_values": np.ones(5, np.float32), "labels": [3, 4]},
+             {"input_values": np.full(3, 2.0, np.float32), "labels": [5, 6, 7, 8]}]
+    batch = CTCCollator()(items)
+    assert batch["input_values"].tolist() == [[1, 1, 1, 1, 1], [2, 2, 2, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert batch["labels"].tolist() == [[3, 4, -100, -100], [5, 6, 7, 8]]
+    assert batch["input_values"].dtype == torch.float32 and batch["labels"].dtype == torch.long
+
+
+def test_sampler_groups_by_length_and_reshuffles_per_epoch():
+    lengths = list(range(100, 0, -1))
+    sampler = LengthGroupedEpochSampler(lengths, batch_size=4, seed=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(100)) and first == list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    spreads = [np.ptp([lengths[i] for i in first[b:b + 4]]) for b in range(0, 100, 4)]
+    assert np.median(spreads) < 30  # sorted within mega-batches of 24; a random batch of 4 spreads ~60
+
+
+def test_run_key_covers_config_and_file_contents(tmp_path):
+    data = tmp_path / "train.tsv"
+    data.write_text("a")
+    key = run_key({"lr": 1.0}, [data])
+    assert key == run_key({"lr": 1.0}, [data]) and len(key) == 64
+    assert key != run_key({"lr": 2.0}, [data])
+    data.write_text("b")
+    assert key != run_key({"lr": 1.0}, [data])
+
+
+def test_last_checkpoint_is_the_newest_complete_one(tmp_path):
+    for step, complete in ((3, True), (12, True), (15, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-12"
+    assert last_checkpoint(tmp_path / "absent") is None
+
+
+def test_overfitting_four_clips_lowers_the_loss(corpus, tmp_path):
+    params = dataclasses.replace(MICRO, max_steps=30, eval_steps=30, batch_size=4, effective_batch_size=4, dropout=0.0,
+                                 mask_time_prob=0.0)
+    result, _ = run(corpus, tmp_path, params, train=slice(0, 4), dev=slice(0, 4))
+    losses = curve(tmp_path / "reports", "train/ctc_loss")
+    assert losses[1] > 3 * losses[30]  # random init (~11) down to the CTC blank plateau (~2.8); past it takes ~250 steps
+    assert set(curve(tmp_path / "reports", "train/penalty").values()) == {0.0}
+    assert result.steps == result.best_step == 30 and result.resumed_from_step is None
+    summary = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert summary["best"] == {"dev_wer": result.best_dev_wer, "dev_cer": result.best_dev_cer, "step": 30}
+    assert 0 <= result.best_dev_cer <= 1.5
+    assert {p.name for p in (tmp_path / "model").iterdir()} >= {"model.safetensors", "config.json", "vocab.json"}
+    assert not (tmp_path / "checkpoints" / f"micro-{'k' * 16}").exists()  # removed once the model is written
+    assert {p.name for p in (tmp_path / "reports").iterdir()} == {"metrics.json", "plots"}  # no dvc.yaml, no params.yaml
+    curves = {str(p.relative_to(tmp_path / "reports" / "plots" / "metrics")) for p in (tmp_path / "reports").rglob("*.tsv")}
+    assert curves == {"train/loss.tsv", "train/ctc_loss.tsv", "train/penalty.tsv", "train/grad_norm.tsv",
+                      "train/learning_rate.tsv", "eval/loss.tsv", "eval/wer.tsv", "eval/cer.tsv"}
+    assert summary["train"]["runtime"] > 0 and summary["eval"]["wer"] == result.best_dev_wer
+
+
+def test_regulariser_is_added_once_per_step_and_logged_apart(corpus, tmp_path):
+    params = dataclasses.replace(MICRO, max_steps=4, eval_steps=4, batch_size=2, effective_batch_size=4)  # 2 micro-batches
+    calls = []
+
+    def regulariser(model: torch.nn.Module) -> torch.Tensor:
+        calls.append(model.training)
+        return 1e-3 * sum(p.pow(2).sum() for p in model.parameters())
+
+    run(corpus, tmp_path, params, regulariser=regulariser)
+    assert calls == [True] * 8  # every training micro-batch, never in evaluation
+    loss, ctc, penalty = (curve(tmp_path / "reports", f"train/{name}") for name in ("loss", "ctc_loss", "penalty"))
+    assert sorted(loss) == [1, 4]
+    for step in loss:
+        assert penalty[step] > 0.01
+        assert loss[step] == pytest.approx(ctc[step] + penalty[step], rel=1e-3)  # not x2: the Trainer divided by accumulation
+
+
+class Interrupted(Exception):
+    """Raised from inside training, like a kill after a checkpoint was written."""
+
+
+@pytest.fixture(scope="module")
+def full_run(corpus, tmp_path_factory):
+    return run(corpus, tmp_path_factory.mktemp("full"))
+
+
+def test_same_params_give_the_same_run(corpus, full_run, tmp_path):
+    (result, weights) = full_run
+    again, weights_again = run(corpus, tmp_path, dataclasses.replace(MICRO, dataloader_workers=1))
+    assert dataclasses.astuple(again)[:5] == dataclasses.astuple(result)[:5]
+    assert all(torch.equal(weights[name], weights_again[name]) for name in weights)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(corpus, full_run, tmp_path):
+    calls = 0
+
+    def interrupt_in_step_4(model: torch.nn.Module) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise Interrupted
+        return torch.zeros(())
+
+    with pytest.raises(Interrupted):
+        run(corpus, tmp_path, regulariser=interrupt_in_step_4)
+    assert not (tmp_path / "model").exists()
+    assert last_checkpoint(tmp_path / "checkpoints" / f"micro-{'k' * 16}").name == "checkpoint-3"
+    result, weights = run(corpus, tmp_path)
+    assert result.resumed_from_step == 3 and result.steps == 6
+    expected, expected_weights = full_run
+    assert (result.best_dev_wer, result.best_dev_cer, result.best_step) == (
+        expected.best_dev_wer, expected.best_dev_cer, expected.best_step)
+    assert all(torch.equal(weights[name], expected_weights[name]) for name in weights)
+    assert sorted(curve(tmp_path / "reports", "eval/wer")) == [3, 6]  # the curve continues across the resume
+
+
+def test_another_run_key_starts_afresh(corpus, full_run, tmp_path):
+    stale = tmp_path / "checkpoints" / f"micro-{'k' * 16}" / "checkpoint-3"
+    stale.mkdir(parents=True)
+    (stale / "trainer_state.json").write_text("{}")  # would fail to load if it were picked up
+    result, _ = run(corpus, tmp_path, key="n" * 64)
+    assert result.resumed_from_step is None and stale.exists()
