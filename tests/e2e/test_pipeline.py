@@ -1,0 +1,170 @@
+"""The real pipeline through the real `dvc` CLI, on a micro config, in a temporary git repo copy."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+MICRO = {
+    "demo.clips_per_lang": 40,
+    "demo.speakers": 12,
+    "sample.nl.n": 36,
+    "validate.max_reject_fraction": 0.3,  # the demo plants 5 bad rows per language
+    "pretrain.max_steps": 4, "pretrain.eval_steps": 2, "pretrain.batch_size": 4, "pretrain.effective_batch_size": 4,
+    "pretrain.dataloader_workers": 0,
+    "fisher.samples": 6, "fisher.batch_size": 3,
+    "adapt.max_steps": 3, "adapt.eval_steps": 1, "adapt.batch_size": 2, "adapt.effective_batch_size": 4,
+    "adapt.dataloader_workers": 0,
+    "eval.bootstrap_samples": 50,
+}
+ALL_STAGES = {"demo", "sample@nl", "sample@de", "validate@nl", "validate@de", "vocab", "pretrain", "fisher", "adapt", "eval"}
+
+
+def set_key(raw: dict, dotted: str, value: object) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        raw = raw[key]
+    raw[leaf] = value
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """The project's tracked and unignored files in a fresh git repo, with the micro params committed."""
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           check=True, capture_output=True, text=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    raw = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+    for key, value in MICRO.items():
+        set_key(raw, key, value)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    run(repo, "git", "init", "-q")
+    commit(repo, "micro")
+    return repo
+
+
+def run(repo: Path, *args: str) -> str:
+    """Run a command as a user would (the venv's `python` and `dvc` first on PATH); its stdout, or a failure."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def dvc(repo: Path, *args: str) -> str:
+    return run(repo, sys.executable, "-m", "dvc", *args)
+
+
+def commit(repo: Path, message: str) -> None:
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def test_repro_vocab_then_up_to_date_then_only_the_changed_branch(repo):
+    first = dvc(repo, "repro", "vocab")
+    assert stages_run(first) == {"demo", "sample@nl", "sample@de", "validate@nl", "validate@de", "vocab"}
+    vocab = yaml.safe_load((repo / "data/vocab.json").read_text(encoding="utf-8"))
+    assert list(vocab)[:3] == ["[PAD]", "[UNK]", "|"]
+    assert {"ë", "ä", "ß"} <= set(vocab)
+    for lang in ("nl", "de"):
+        assert (repo / f"data/validated/{lang}/rejects.tsv").is_file()
+        kept = sum(len((repo / f"data/validated/{lang}/{s}.tsv").read_text().splitlines()) - 1 for s in ("train", "dev", "test"))
+        assert kept > 0
+
+    assert stages_run(dvc(repo, "repro", "vocab")) == set()
+
+    raw = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+    set_key(raw, "sample.nl.n", 30)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    assert stages_run(dvc(repo, "repro", "vocab")) == {"sample@nl", "validate@nl", "vocab"}
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_whole_chain_writes_sane_metrics_and_then_is_up_to_date(repo):
+    ran = stages_run(dvc(repo, "repro"))
+    assert ran == {"pretrain", "fisher", "adapt", "eval"}  # the data stages ran in the test before
+    metrics = read_json(repo / "reports/metrics.json")
+    before, after = metrics["pretrained"], metrics["adapted"]
+    for rates in (before["nl"], before["de"], after["nl"], after["de"]):
+        assert 0 <= rates["cer"] <= 3 and 0 <= rates["wer"] <= 3 and rates["utterances"] > 0
+        assert rates["wer_ci_low"] <= rates["wer"] <= rates["wer_ci_high"]
+    assert metrics["forgetting"]["nl"]["wer"] == pytest.approx(after["nl"]["wer"] - before["nl"]["wer"])
+    assert metrics["learning"]["de"]["cer"] == pytest.approx(before["de"]["cer"] - after["de"]["cer"])
+    assert metrics["awer"] == pytest.approx((after["nl"]["wer"] + after["de"]["wer"]) / 2)
+    assert metrics["bwt"] == pytest.approx(-metrics["forgetting"]["nl"]["wer"])
+    fisher = read_json(repo / "reports/fisher/summary.json")
+    assert fisher["samples"] == 6 and fisher["normalize"] == "mean"
+    assert (repo / "models/fisher/utterances.tsv").read_text().count("\n") == 6 + 1
+    penalty = read_json(repo / "reports/adapt/metrics.json")["train"]["penalty"]
+    assert penalty > 0  # λ = 0.4 and the weights moved
+    for figure in ("error_rates", "adapt_curves", "fisher_by_layer"):
+        assert (repo / f"reports/figures/{figure}.png").read_bytes()[:4] == b"\x89PNG"
+    assert stages_run(dvc(repo, "repro")) == set()
+    assert "Data and pipelines are up to date" in dvc(repo, "status")
+    commit(repo, "baseline")
+
+
+def test_adapt_only_experiment_reruns_adapt_and_eval_and_diffs(repo):
+    ran = stages_run(dvc(repo, "exp", "run", "-S", "adapt.ewc_lambda=0"))
+    assert ran == {"adapt", "eval"}
+    diff = json.loads(dvc(repo, "metrics", "diff", "--json", "--all"))
+    for key in ("forgetting.nl.wer", "forgetting.nl.cer", "learning.de.wer", "awer", "bwt"):
+        assert key in diff["reports/metrics.json"]
+    changed = json.loads(dvc(repo, "metrics", "diff", "--json"))
+    assert changed["reports/adapt/metrics.json"]["train.penalty"]["new"] == 0  # λ = 0: plain fine-tuning
+
+
+def test_sweep_queue_show_report_and_share(repo, tmp_path):
+    assert stages_run(dvc(repo, "exp", "run", "-S", "adapt.ewc_lambda=0.2", "-S", "adapt.lr=1e-5")) == {"adapt", "eval"}
+    dvc(repo, "exp", "run", "--queue", "-S", "adapt.ewc_lambda=0.1,1.0")
+    dvc(repo, "queue", "start", "-j", "1")
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", dvc(repo, "queue", "status")):
+        assert time.monotonic() < deadline, "the queued sweep did not finish in 10 minutes"
+        time.sleep(3)
+    assert "Failed" not in dvc(repo, "queue", "status")
+
+    shown = json.loads(dvc(repo, "exp", "show", "--json"))
+    experiments = [rev for record in shown for exp in (record.get("experiments") or []) for rev in exp["revs"]]
+    lambdas = sorted(rev["data"]["params"]["params.yaml"]["data"]["adapt"]["ewc_lambda"] for rev in experiments)
+    assert lambdas == [0, 0.1, 0.2, 1.0]
+    for rev in experiments:
+        assert "awer" in rev["data"]["metrics"]["reports/metrics.json"]["data"]
+    assert "reports/metrics.json" in json.loads(dvc(repo, "metrics", "diff", "--json", "--all"))
+
+    run(repo, sys.executable, "-m", "stages.report", "--out", "reports/thesis")
+    table = (repo / "reports/thesis/results.md").read_text(encoding="utf-8")
+    assert table.count("\n|") >= 2 + 4  # header, rule, one row per experiment
+    assert r"\toprule" in (repo / "reports/thesis/results.tex").read_text(encoding="utf-8")
+    for figure in ("forgetting_vs_german", "lambda_sweep"):
+        assert (repo / f"reports/thesis/{figure}.png").read_bytes()[:4] == b"\x89PNG"
+
+    # share: a DVC remote for data and models, a git remote for the experiment refs
+    run(repo, "git", "init", "-q", "--bare", str(tmp_path / "origin.git"))
+    run(repo, "git", "remote", "add", "origin", str(tmp_path / "origin.git"))
+    dvc(repo, "remote", "add", "-d", "storage", str(tmp_path / "storage"))
+    dvc(repo, "push")
+    name = experiments[0]["name"]
+    dvc(repo, "exp", "push", "origin", name)
+    assert "refs/exps/" in run(repo, "git", "ls-remote", "origin")
