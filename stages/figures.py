@@ -12,13 +12,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-_LAYER = re.compile(r"^(?:wav2vec2\.)?((?:feature_extractor\.conv_layers|encoder\.layers)\.\d+|[a-z_]+(?:\.[a-z_]+)?)")
+_NUMBERED = re.compile(r"^((?:feature_extractor\.conv_layers|encoder\.layers)\.\d+)\.")
 
 
 def layer_of(name: str) -> str:
-    """The layer a parameter belongs to: `wav2vec2.encoder.layers.3.attention.q_proj.weight` -> `encoder.layers.3`."""
-    match = _LAYER.match(name)
-    return match.group(1) if match else name
+    """The layer a parameter belongs to: `wav2vec2.encoder.layers.3.attention.q_proj.weight` -> `encoder.layers.3`,
+    `lm_head.bias` -> `lm_head`, `wav2vec2.encoder.pos_conv_embed.conv.weight_g` -> `encoder.pos_conv_embed`."""
+    name = name.removeprefix("wav2vec2.")
+    numbered = _NUMBERED.match(name)
+    if numbered:
+        return numbered.group(1)
+    modules = name.split(".")[:-1]  # without the parameter's own name
+    return ".".join(modules[:2]) if modules else name
 
 
 def fisher_by_layer(fisher: Mapping[str, Tensor]) -> dict[str, dict[str, float]]:

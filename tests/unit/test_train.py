@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from stages.corpus import Utterance
+from stages.ewc import EWCPenalty
 from stages.model import build_model, build_processor
 from stages.params import load_params
 from stages.train import (
@@ -32,10 +33,13 @@ MICRO = dataclasses.replace(PARAMS.pretrain, lr=3e-3, warmup_ratio=0.2, max_step
                             eval_steps=3, dropout=0.05, mask_time_prob=0.05, dataloader_workers=0, save_total_limit=2)
 
 
-def run(corpus, root: Path, params=MICRO, train=slice(0, 8), dev=slice(8, 12), regulariser=None, key="k" * 64):
-    """One `train_ctc` run of a freshly built tiny model (seed 0) with everything written under `root`."""
+def run(corpus, root: Path, params=MICRO, train=slice(0, 8), dev=slice(8, 12), regulariser=None, key="k" * 64, ewc=None):
+    """One `train_ctc` run of a freshly built tiny model (seed 0) with everything written under `root`; `ewc`
+    (a function of the model) builds the regulariser from the model when given."""
     processor = build_processor(corpus.vocab)
     model = build_model(PARAMS.model, len(processor.tokenizer), seed=0)
+    if ewc is not None:
+        regulariser = ewc(model)
     result = train_ctc(model, processor, corpus.utterances[train], corpus.utterances[dev], corpus.clips_dir, params, "micro",
                        seed=0, out_dir=root / "model", reports_dir=root / "reports", checkpoints_root=root / "checkpoints",
                        run_key=key, regulariser=regulariser)
@@ -177,6 +181,28 @@ def test_interrupted_run_resumes_to_the_same_weights(corpus, full_run, tmp_path)
         expected.best_dev_wer, expected.best_dev_cer, expected.best_step)
     assert all(torch.equal(weights[name], expected_weights[name]) for name in weights)
     assert sorted(curve(tmp_path / "reports", "eval/wer")) == [3, 6]  # the curve continues across the resume
+
+
+def test_zero_lambda_ewc_is_plain_fine_tuning(corpus, full_run, tmp_path):
+    def zero_lambda(model: torch.nn.Module) -> EWCPenalty:
+        fisher = {n: torch.rand_like(p) for n, p in model.named_parameters()}
+        return EWCPenalty(model, fisher, lam=0.0)
+
+    _, weights = run(corpus, tmp_path, ewc=zero_lambda)
+    _, expected = full_run
+    assert all(torch.equal(weights[name], expected[name]) for name in weights)
+
+
+def test_huge_lambda_keeps_the_weights_near_the_anchor(corpus, full_run, tmp_path):
+    processor = build_processor(corpus.vocab)
+    anchor = build_model(PARAMS.model, len(processor.tokenizer), seed=0).state_dict()
+    _, held = run(corpus, tmp_path, ewc=lambda model: EWCPenalty(model, None, lam=1e4, method="l2"))
+    _, free = full_run
+
+    def distance(weights: dict[str, torch.Tensor]) -> float:
+        return sum(float((weights[n] - anchor[n]).pow(2).sum()) for n in weights) ** 0.5
+
+    assert distance(held) < 0.5 * distance(free)  # Adam steps ~lr whatever the gradient: the anchor pulls back
 
 
 def test_another_run_key_starts_afresh(corpus, full_run, tmp_path):
