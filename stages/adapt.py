@@ -39,7 +39,7 @@ def main() -> None:
         raise SystemExit(f"{args.fisher} was estimated for another model than {weights}: run `dvc repro fisher`")
     apply_training_config(model, ap)  # freeze first: the penalty anchors exactly the parameters that train
     penalty = EWCPenalty(model, fisher if ap.method == "ewc" else None, ap.ewc_lambda, getattr(torch, ap.ewc_dtype), ap.method)
-    key = run_key({"adapt": dataclasses.asdict(ap), "seed": params.seed},
+    key = run_key({"adapt": dataclasses.asdict(ap), "seed": params.seed, "corpus": params.data.corpus},
                   [args.train, args.dev, weights, args.fisher, *core_code_files(), Path(__file__), Path(ewc.__file__)])
     train, dev = read_split_tsv(args.train), read_split_tsv(args.dev)
     result = train_ctc(model, processor, train, dev, Path(params.data.corpus) / args.lang / "clips", ap, "adapt",

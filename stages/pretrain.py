@@ -30,7 +30,8 @@ def main() -> None:
     processor = build_processor(args.vocab)
     model = build_model(params.model, len(processor.tokenizer), params.seed)
     key = run_key(
-        {"pretrain": dataclasses.asdict(params.pretrain), "model": dataclasses.asdict(params.model), "seed": params.seed},
+        {"pretrain": dataclasses.asdict(params.pretrain), "model": dataclasses.asdict(params.model), "seed": params.seed,
+         "corpus": params.data.corpus},
         [args.train, args.dev, args.vocab, *checkpoint_files(params.model.name), *core_code_files(), Path(__file__)],
     )
     clips_dir = Path(params.data.corpus) / args.lang / "clips"

@@ -97,6 +97,11 @@ def test_repro_vocab_then_up_to_date_then_only_the_changed_branch(repo):
     assert stages_run(dvc(repo, "repro", "vocab")) == {"sample@nl", "validate@nl", "vocab"}
 
 
+def table_rows(path: Path) -> list[str]:
+    """The body rows of a Markdown table (after the header and the rule)."""
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("|")][2:]
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -153,9 +158,22 @@ def test_sweep_queue_show_report_and_share(repo, tmp_path):
         assert "awer" in rev["data"]["metrics"]["reports/metrics.json"]["data"]
     assert "reports/metrics.json" in json.loads(dvc(repo, "metrics", "diff", "--json", "--all"))
 
+    # the README's table and plot commands
+    assert "forgetting.nl.wer" in dvc(repo, "metrics", "show")
+    assert "| Experiment" in dvc(repo, "exp", "show", "--md", "--only-changed")
+    assert "| Path" in dvc(repo, "metrics", "diff", "--md", "--all")
+    names = [rev["name"] for rev in experiments]
+    for command in (["plots", "show"], ["plots", "diff", names[0], names[1]]):
+        dvc(repo, *command, "-o", "dvc_plots")
+        page = (repo / "dvc_plots/index.html").read_text(encoding="utf-8")
+        assert "EWC penalty (adapt)" in page and "Test error rates" in page
+
+    run(repo, sys.executable, "-m", "stages.report", "--exp", names[0], "--exp", names[1], "--out", "reports/pair")
+    assert sorted(row.split(" | ")[0] for row in table_rows(repo / "reports/pair/results.md")) == sorted(
+        f"| {name}" for name in names[:2])
     run(repo, sys.executable, "-m", "stages.report", "--out", "reports/thesis")
-    table = (repo / "reports/thesis/results.md").read_text(encoding="utf-8")
-    assert table.count("\n|") >= 2 + 4  # header, rule, one row per experiment
+    lambdas = {row.split(" | ")[1] for row in table_rows(repo / "reports/thesis/results.md")}
+    assert {"0", "0.1", "0.2", "1"} <= lambdas  # one row per experiment (and the baseline's 0.4)
     assert r"\toprule" in (repo / "reports/thesis/results.tex").read_text(encoding="utf-8")
     for figure in ("forgetting_vs_german", "lambda_sweep"):
         assert (repo / f"reports/thesis/{figure}.png").read_bytes()[:4] == b"\x89PNG"
