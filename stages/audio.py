@@ -122,12 +122,20 @@ def check_clip(path: Path, min_seconds: float, max_seconds: float, min_rms: floa
 
 
 def check_named_clip(clips_dir: Path, name: str, min_seconds: float, max_seconds: float, min_rms: float) -> ClipCheck:
-    """`check_clip` on the clip a metadata row names; a name outside `clips_dir` is `unsafe_path`, never opened."""
+    """`check_clip` on the clip a metadata row names; a name outside `clips_dir` is `unsafe_path`, never opened.
+
+    Details name files relative to the clips folder (`clips/x.mp3`), so outputs do not depend on where the
+    corpus or the repository lies.
+    """
     try:
         path = safe_clip_path(clips_dir, name)
     except UnsafePathError as err:
-        return ClipCheck(reason="unsafe_path", detail=str(err))
-    return check_clip(path, min_seconds, max_seconds, min_rms)
+        result = ClipCheck(reason="unsafe_path", detail=str(err))
+    else:
+        result = check_clip(path, min_seconds, max_seconds, min_rms)
+    for prefix in sorted({str(clips_dir.resolve()), str(clips_dir)}, key=len, reverse=True):
+        result = dataclasses.replace(result, detail=result.detail.replace(prefix, "clips"))
+    return result
 
 
 @dataclass(frozen=True)

@@ -289,3 +289,15 @@ def test_write_rejects_tsv_keeps_one_row_per_reject(tmp_path):
     assert lines[0].split("\t") == list(REJECT_COLUMNS)
     assert lines[1].split("\t") == ["dev", "x.mp3", "spk", "zin 2", "unreadable", "Error opening 'x.mp3': bad"]
     assert len(lines) == 2
+
+
+def test_reject_details_name_clips_relative_to_the_clips_folder(tmp_path, monkeypatch):
+    clips = tmp_path / "corpus" / "nl" / "clips"
+    clips.mkdir(parents=True)
+    (clips / "bad.mp3").write_bytes(b"\x00" * 300)
+    monkeypatch.chdir(tmp_path)
+    for folder in (clips, Path("corpus/nl/clips")):  # absolute and relative data.corpus
+        missing = check_named_clip(folder, "gone.mp3", **BOUNDS)
+        unreadable = check_named_clip(folder, "bad.mp3", **BOUNDS)
+        assert missing.detail == "no file clips/gone.mp3"
+        assert "clips/bad.mp3" in unreadable.detail and str(tmp_path) not in unreadable.detail
