@@ -6,10 +6,10 @@ import logging
 from pathlib import Path
 
 from stages.corpus import read_split_tsv, write_json
-from stages.figures import plot_adapt_curves
+from stages.figures import plot_adapt_curves, plot_error_rates
 from stages.model import load_trained
 from stages.params import load_params
-from stages.scoring import derived_metrics, error_rates, plot_error_rates, score_utterance, transcribe, write_scores_tsv
+from stages.scoring import derived_metrics, error_rates, score_utterance, transcribe, write_scores_tsv
 
 
 def named_paths(values: list[str], flag: str) -> dict[str, Path]:

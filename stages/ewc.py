@@ -13,6 +13,7 @@ Penalty: (λ/2)·Σᵢ Fᵢ·(θᵢ − θ*ᵢ)², the ½ included, θ* the pret
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -201,7 +202,11 @@ def _global_statistic(tensors: Iterable[Tensor], normalize: str) -> float:
 
 
 def save_fisher(path: str | os.PathLike[str], fisher: Mapping[str, Tensor], metadata: Mapping[str, str]) -> None:
-    """Write the Fisher tensors and string metadata as safetensors, atomically (temp file, then os.replace)."""
+    """Write the Fisher tensors and string metadata as safetensors, atomically (temp file, then os.replace).
+
+    The metadata goes in as one sorted-JSON entry (`"fisher"`): safetensors writes several entries in hash
+    order, which changes the file's bytes from run to run and makes DVC re-run adapt for nothing.
+    """
     path = Path(path)
     bad = [key for key, value in metadata.items() if not isinstance(value, str)]
     if bad:
@@ -209,7 +214,8 @@ def save_fisher(path: str | os.PathLike[str], fisher: Mapping[str, Tensor], meta
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file({n: t.detach().float().contiguous().cpu() for n, t in fisher.items()}, tmp, metadata=dict(metadata))
+        save_file({n: t.detach().float().contiguous().cpu() for n, t in fisher.items()}, tmp,
+                  metadata={"fisher": json.dumps(dict(metadata), sort_keys=True)})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -218,7 +224,8 @@ def save_fisher(path: str | os.PathLike[str], fisher: Mapping[str, Tensor], meta
 def load_fisher(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Read a Fisher written by `save_fisher`: (tensors by parameter name, metadata)."""
     with safe_open(str(path), framework="pt") as f:
-        return {name: f.get_tensor(name) for name in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+        metadata = json.loads((f.metadata() or {}).get("fisher", "{}"))
+        return {name: f.get_tensor(name) for name in f.keys()}, metadata  # noqa: SIM118
 
 
 def ewc_penalty(params: Mapping[str, Tensor], fisher: Mapping[str, Tensor], anchor: Mapping[str, Tensor],

@@ -17,7 +17,6 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
@@ -175,28 +174,3 @@ def write_scores_tsv(path: Path, scores: Sequence[UtteranceScore]) -> None:
         writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
         writer.writerow(SCORE_COLUMNS)
         writer.writerows(dataclasses.astuple(s) for s in scores)
-
-
-def plot_error_rates(rates: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path) -> None:
-    """Grouped bars of WER and CER for each (model, language) in `rates[model][language]`, with the WER
-    interval as an error bar where `wer_ci_low`/`wer_ci_high` are present; saved as PNG (Agg canvas)."""
-    groups = [(model, lang) for model, by_lang in rates.items() for lang in by_lang]
-    x = np.arange(len(groups))
-    figure = Figure(figsize=(max(4.0, 1.6 * len(groups) + 1.5), 3.6), layout="constrained")
-    ax = figure.add_subplot()
-    for offset, metric in ((-0.2, "wer"), (0.2, "cer")):
-        values = [rates[m][lang][metric] for m, lang in groups]
-        error = None
-        if metric == "wer" and all("wer_ci_low" in rates[m][lang] for m, lang in groups):
-            error = np.array([[rates[m][lang]["wer"] - rates[m][lang]["wer_ci_low"],
-                               rates[m][lang]["wer_ci_high"] - rates[m][lang]["wer"]] for m, lang in groups]).T
-        bars = ax.bar(x + offset, values, width=0.4, yerr=error, capsize=3, label=metric.upper())
-        ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
-    ax.set_xticks(x, [f"{m}\n{lang}" for m, lang in groups])
-    ax.set_xlabel("model / test language")
-    ax.set_ylabel("error rate (test)")
-    ax.set_ylim(0, max(1.1, ax.get_ylim()[1]))
-    ax.set_title("Test error rates, greedy CTC decoding")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)

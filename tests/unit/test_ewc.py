@@ -347,5 +347,9 @@ def test_fisher_file_round_trip(tmp_path, model, utts):
     assert metadata == {"kind": "empirical", "samples": "2", "draws": "1", "normalize": "mean",
                         "scale": repr(fisher.scale), "ctc_loss_reduction": "mean", "model_sha256": "ab" * 32}
     assert [p.name for p in path.parent.iterdir()] == ["fisher.safetensors"]  # no temp file left behind
+    first = path.read_bytes()
+    for _ in range(3):  # same content, same bytes: DVC must not see a change
+        save_fisher(path, fisher.tensors, fisher.metadata(model_sha256="ab" * 32))
+        assert path.read_bytes() == first
     with pytest.raises(TypeError, match="samples"):
         save_fisher(path, fisher.tensors, {"samples": 2})

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from stages import scoring
+from stages.figures import plot_error_rates
 from stages.model import build_model, build_processor, load_trained
 from stages.params import load_params
 from stages.scoring import (
@@ -20,7 +21,6 @@ from stages.scoring import (
     derived_metrics,
     error_rates,
     paired_bootstrap_ci,
-    plot_error_rates,
     score_utterance,
     transcribe,
     write_scores_tsv,
