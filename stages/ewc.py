@@ -251,7 +251,8 @@ class _PenaltyFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[None, None, None]:
-        penalty, params, scale = ctx.penalty, ctx.params, grad_output.detach() * ctx.penalty.lam
+        # A Python float lets the gradient go in with one fused op (costs one host sync per backward on a GPU).
+        penalty, params, scale = ctx.penalty, ctx.params, float(grad_output) * ctx.penalty.lam
         torch.autograd.Variable._execution_engine.queue_callback(lambda: penalty._add_grad(params, scale))
         return None, None, None
 
@@ -271,8 +272,9 @@ class EWCPenalty:
     earlier than training does. grad_output carries the loss scaling (fp16 GradScaler) and the Trainer's division by
     the gradient-accumulation steps, so the penalty is scaled consistently with the CTC loss and counted exactly once
     per optimiser step (θ does not change within an accumulation cycle, so this is exact). Work is done tensor group
-    by tensor group with `torch._foreach_*` ops; no temporary exceeds the largest parameter tensor and nothing
-    model-sized is saved for backward. Use it with `.backward()` (as the Trainer does), not `torch.autograd.grad`,
+    by tensor group with `torch._foreach_*` ops in one float32 workspace the size of the largest parameter tensor,
+    allocated once: nothing is allocated per step (fresh temporaries cost more than the arithmetic on a CPU) and
+    nothing model-sized is saved for backward. Use it with `.backward()` (as the Trainer does), not `torch.autograd.grad`,
     double backward or DistributedDataParallel: the gradient is written outside autograd's accumulation, which those
     never see.
     """
@@ -315,13 +317,15 @@ class EWCPenalty:
             size += anchor.numel()
         self._anchor_groups = [[anchors[i] for i in index] for index in self._index_groups]
         self._fisher_groups = [[fishers[i] for i in index] if fishers else [] for index in self._index_groups]
+        self._workspace = torch.empty(budget, dtype=torch.float32, device=anchors[0].device)
         self._token = torch.zeros((), device=anchors[0].device, requires_grad=True)
         self._model: weakref.ReferenceType[nn.Module] | None = None
         self._params: list[Tensor] = []
 
     def held_bytes(self) -> int:
-        """Bytes of F and θ* held by this object."""
-        return sum(t.numel() * t.element_size() for group in self._anchor_groups + self._fisher_groups for t in group)
+        """Bytes held by this object: F, θ* and the float32 workspace (the size of the largest parameter tensor)."""
+        tensors = [t for group in self._anchor_groups + self._fisher_groups for t in group] + [self._workspace]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def __call__(self, model: nn.Module) -> Tensor:
         """The penalty at the model's current weights: a scalar (float32) that requires grad."""
@@ -339,32 +343,39 @@ class EWCPenalty:
             self._token = self._token.to(device).requires_grad_(True)
             self._anchor_groups = [[t.to(device) for t in group] for group in self._anchor_groups]
             self._fisher_groups = [[t.to(device) for t in group] for group in self._fisher_groups]
+            self._workspace = self._workspace.to(device)
         return _PenaltyFunction.apply(self._token, self, self._params)
+
+    def _diffs(self, index: Sequence[int], anchors: Sequence[Tensor], params: Sequence[Tensor]) -> list[Tensor]:
+        """θ − θ* (float32) for one group, written into views of the workspace."""
+        diffs, offset = [], 0
+        for i, anchor in zip(index, anchors, strict=True):
+            p = params[i]
+            diffs.append(torch.sub(p, anchor, out=self._workspace[offset:offset + p.numel()].view(p.shape)))
+            offset += p.numel()
+        return diffs
 
     def _value(self, params: Sequence[Tensor]) -> Tensor:
         """(λ/2)·Σ F·(θ − θ*)², a float32 scalar; runs without grad (inside the autograd Function)."""
         norms: list[Tensor] = []
         for index, anchors, fishers in zip(self._index_groups, self._anchor_groups, self._fisher_groups, strict=True):
-            diffs = torch._foreach_sub([params[i] for i in index], anchors)
+            diffs = self._diffs(index, anchors, params)
             torch._foreach_mul_(diffs, diffs)
             if fishers:
                 torch._foreach_mul_(diffs, fishers)
             norms.extend(torch._foreach_norm(diffs, 1))  # entries are ≥ 0: the L1 norm is the sum
-            del diffs  # before the next group's: one group alive at a time
         return torch.stack(norms).sum() * (0.5 * self.lam)
 
-    def _add_grad(self, params: Sequence[Tensor], scale: Tensor) -> None:
-        """p.grad += scale·F·(θ − θ*) for every anchored parameter (scale = λ·grad_output, a 0-dim tensor)."""
+    def _add_grad(self, params: Sequence[Tensor], scale: float) -> None:
+        """p.grad += scale·F·(θ − θ*) for every anchored parameter (scale = λ·grad_output)."""
         with torch.no_grad():
             for index, anchors, fishers in zip(self._index_groups, self._anchor_groups, self._fisher_groups, strict=True):
                 group = [params[i] for i in index]
                 for p in group:
                     if p.grad is None:  # a parameter the loss does not reach
                         p.grad = torch.zeros_like(p)
-                diffs = torch._foreach_sub(group, anchors)
-                torch._foreach_mul_(diffs, scale)
+                diffs = self._diffs(index, anchors, params)
                 if fishers:
-                    torch._foreach_addcmul_([p.grad for p in group], diffs, fishers)
+                    torch._foreach_addcmul_([p.grad for p in group], diffs, fishers, value=scale)
                 else:
-                    torch._foreach_add_([p.grad for p in group], diffs)
-                del diffs  # before the next group's: one group alive at a time
+                    torch._foreach_add_([p.grad for p in group], diffs, alpha=scale)

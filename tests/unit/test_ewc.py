@@ -9,6 +9,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
+from benchmarks.ewc import peak_extra_bytes
 from stages import ewc
 from stages.ewc import (
     EWCPenalty,
@@ -255,6 +256,15 @@ def test_penalty_value_and_gradient_match_autograd_and_closed_form():
         assert torch.allclose(p.grad, 0.25 * autograd[name], rtol=1e-5, atol=1e-12), name
 
 
+def test_penalty_allocates_nothing_parameter_sized_per_step():
+    model = tiny_model()
+    penalty = EWCPenalty(model, random_fisher(model), lam=0.5)
+    perturbed(model)
+    penalty(model).backward()  # gradients exist from here on, as after the CTC backward pass
+    peak = peak_extra_bytes(lambda: penalty(model).backward(), torch.device("cpu"))
+    assert 0 < peak < 4096 < max(p.numel() * 4 for p in model.parameters()), peak
+
+
 def test_penalty_adds_to_the_ctc_gradient_once_per_micro_batch(utts):
     model, lam = tiny_model(), 0.3
     fisher = random_fisher(model)
@@ -292,14 +302,16 @@ def test_zero_lambda_and_l2_use_the_same_path():
     assert float(value.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
     for name, p in model.named_parameters():
         assert torch.allclose(p.grad, 2.0 * (p.detach() - anchor[name]), rtol=1e-5, atol=1e-12), name
-    assert l2.held_bytes() == zero.held_bytes() // 2
+    workspace = 4 * max(p.numel() for p in model.parameters())  # float32, the largest parameter tensor
+    assert l2.held_bytes() - workspace == (zero.held_bytes() - workspace) // 2
 
 
 def test_bfloat16_storage_halves_memory_and_stays_close():
     model = tiny_model()
     fisher = random_fisher(model)
     full, half = EWCPenalty(model, fisher, 1.0), EWCPenalty(model, fisher, 1.0, dtype=torch.bfloat16)
-    assert half.held_bytes() * 2 == full.held_bytes()
+    workspace = 4 * max(p.numel() for p in model.parameters())  # float32, the largest parameter tensor
+    assert (half.held_bytes() - workspace) * 2 == full.held_bytes() - workspace
     perturbed(model, scale=0.1)
     grads = []
     for penalty in (full, half):
