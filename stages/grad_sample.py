@@ -92,13 +92,17 @@ class SquaredGradSampler:
     `weight · Σ_b (∂loss_b/∂θ)²` into `sums[name]` for each covered parameter (float32, the parameter's shape).
 
     Enter it once per batched forward. `covered` names the parameters it handles; `missed` lists covered parameters
-    whose module output carried no gradient in the last forward (the hooks cannot see them then).
+    whose module output carried no gradient in the last forward (the hooks cannot see them then). A hooked module
+    whose input carries no gradient (the model's input, or the output of a frozen feature encoder) gets a detached
+    copy that requires grad instead; these are the `leaves` a backward pass must ask for. The gradient then flows
+    through every hooked module and stops there: nothing is spent on gradients that no hook uses.
     """
 
     def __init__(self, model: nn.Module, sums: Mapping[str, Tensor]) -> None:
         self.model, self.sums = model, sums
         self.weight = 1.0
         self.missed: set[str] = set()
+        self.leaves: list[Tensor] = []
         names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
         owners: dict[str, int] = {}
         candidates: list[tuple[nn.Module, dict[str, str]]] = []
@@ -122,7 +126,9 @@ class SquaredGradSampler:
     def __enter__(self) -> SquaredGradSampler:
         self._calls.clear()
         self.missed.clear()
+        self.leaves.clear()
         for module, named in self._modules:
+            self._handles.append(module.register_forward_pre_hook(self._leaf_input))
             self._handles.append(module.register_forward_hook(self._make_forward_hook(named)))
         return self
 
@@ -130,6 +136,14 @@ class SquaredGradSampler:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def _leaf_input(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+        x = inputs[0]
+        if not torch.is_grad_enabled() or x.requires_grad or not x.is_floating_point():
+            return None
+        leaf = x.detach().requires_grad_(True)
+        self.leaves.append(leaf)
+        return (leaf, *inputs[1:])
 
     def _make_forward_hook(self, named: dict[str, str]) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
         def forward_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -209,11 +223,10 @@ def accumulate_batched(sampler: SquaredGradSampler, audio: Sequence[Tensor], tar
     """Batched path, same sums as `accumulate_looped` (into `sampler.sums`, for `sampler.model`): one padded forward
     with the attention mask, per target index one backward of the summed per-utterance losses (all utterances need
     the same number of targets). The caller checks `padding_is_safe`. Covered parameters are frozen during the pass:
-    only their per-utterance gradients (from the hooks) are needed, not the batch-summed one, and the input requires
-    grad instead so the gradient still flows through every hooked module."""
+    only their per-utterance gradients (from the hooks) are needed, not the batch-summed one; the sampler's leaves
+    carry the gradient instead (so a frozen feature encoder is not backpropagated through)."""
     model, sums = sampler.model, sampler.sums
     inputs, mask = _padded(audio, next(model.parameters()).device)
-    inputs.requires_grad_(True)
     frozen = [params[name] for name in sampler.covered]
     try:
         for p in frozen:
@@ -226,9 +239,10 @@ def accumulate_batched(sampler: SquaredGradSampler, audio: Sequence[Tensor], tar
             sampler.weight = 1.0 / draws
             for t in range(draws):
                 total = loss_fn(logits, mask, [row[t] for row in targets]).sum()
-                grads = torch.autograd.grad(total, [inputs, *(params[n] for n in rest)], retain_graph=t < draws - 1,
-                                            allow_unused=True)
-                reached.update(name for name, grad in zip(rest, grads[1:], strict=True) if grad is not None)
+                leaves = len(sampler.leaves)
+                grads = torch.autograd.grad(total, [*sampler.leaves, *(params[n] for n in rest)],
+                                            retain_graph=t < draws - 1, allow_unused=True)
+                reached.update(name for name, grad in zip(rest, grads[leaves:], strict=True) if grad is not None)
     finally:
         for p in frozen:
             p.requires_grad_(True)

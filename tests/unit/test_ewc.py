@@ -146,6 +146,20 @@ def test_only_trainable_parameters_get_a_fisher(utts):
     assert all(p.requires_grad for p in trainable.values()) and model.training  # both restored
 
 
+def test_batched_fisher_does_not_backpropagate_through_a_frozen_feature_encoder(utts):
+    model = tiny_model()
+    model.freeze_feature_encoder()
+    looped = estimate_fisher(model, utts[:3], kind="empirical", batch_size=1)
+    carries_grad = []
+    hook = model.wav2vec2.feature_extractor.register_forward_hook(lambda m, i, out: carries_grad.append(out.requires_grad))
+    try:
+        batched = estimate_fisher(model, utts[:3], kind="empirical", batch_size=3)
+    finally:
+        hook.remove()
+    assert carries_grad == [False]
+    assert_same_fisher(batched.tensors, looped.tensors)
+
+
 def test_fisher_is_the_mean_of_per_utterance_squared_gradients(model, utts):
     pair = utts[:2]
     fisher = estimate_fisher(model, pair, kind="empirical").tensors
