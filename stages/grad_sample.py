@@ -213,7 +213,7 @@ def accumulate_looped(model: nn.Module, audio: Sequence[Tensor], targets_for: Ta
             grads = torch.autograd.grad(loss, tensors, retain_graph=t < len(targets) - 1, allow_unused=True)
             for name, grad in zip(names, grads, strict=True):
                 if grad is not None:
-                    sums[name].add_(grad.float().square(), alpha=1.0 / len(targets))
+                    sums[name].addcmul_(grad, grad, value=1.0 / len(targets))  # fused: no squared copy
         used_targets.append(targets)
     return used_targets
 
