@@ -273,10 +273,10 @@ class EWCPenalty:
     the gradient-accumulation steps, so the penalty is scaled consistently with the CTC loss and counted exactly once
     per optimiser step (θ does not change within an accumulation cycle, so this is exact). Work is done tensor group
     by tensor group with `torch._foreach_*` ops in one float32 workspace the size of the largest parameter tensor,
-    allocated once: nothing is allocated per step (fresh temporaries cost more than the arithmetic on a CPU) and
-    nothing model-sized is saved for backward. Use it with `.backward()` (as the Trainer does), not `torch.autograd.grad`,
-    double backward or DistributedDataParallel: the gradient is written outside autograd's accumulation, which those
-    never see.
+    allocated once: with a float32 F nothing is allocated per step (fresh temporaries cost more than the arithmetic
+    on a CPU; a bfloat16 F is widened one tensor at a time) and nothing model-sized is saved for backward. Use it
+    with `.backward()` (as the Trainer does), not `torch.autograd.grad`, double backward or DistributedDataParallel:
+    the gradient is written outside autograd's accumulation, which those never see.
     """
 
     def __init__(self, model: nn.Module, fisher: Mapping[str, Tensor] | None, lam: float,
@@ -357,14 +357,15 @@ class EWCPenalty:
 
     def _value(self, params: Sequence[Tensor]) -> Tensor:
         """(λ/2)·Σ F·(θ − θ*)², a float32 scalar; runs without grad (inside the autograd Function)."""
-        norms: list[Tensor] = []
+        sums: list[Tensor] = []
         for index, anchors, fishers in zip(self._index_groups, self._anchor_groups, self._fisher_groups, strict=True):
             diffs = self._diffs(index, anchors, params)
             torch._foreach_mul_(diffs, diffs)
-            if fishers:
-                torch._foreach_mul_(diffs, fishers)
-            norms.extend(torch._foreach_norm(diffs, 1))  # entries are ≥ 0: the L1 norm is the sum
-        return torch.stack(norms).sum() * (0.5 * self.lam)
+            if fishers:  # one multiply-and-sum per tensor, nothing written (dot wants one dtype: bfloat16 F widened)
+                sums.extend(torch.dot(d.view(-1), f.view(-1).float()) for d, f in zip(diffs, fishers, strict=True))
+            else:
+                sums.extend(torch._foreach_norm(diffs, 1))  # entries are ≥ 0: the L1 norm is the sum
+        return torch.stack(sums).sum() * (0.5 * self.lam)
 
     def _add_grad(self, params: Sequence[Tensor], scale: float) -> None:
         """p.grad += scale·F·(θ − θ*) for every anchored parameter (scale = λ·grad_output)."""
