@@ -1,9 +1,9 @@
 """Benchmark: training samples per second of the CTC core, against data loading alone (decode + resample +
 normalise + collate through the same Dataset, collator and DataLoader), to show the loader keeps up.
 
-    python -m benchmarks.train [--train data/validated/nl/train.tsv] [--corpus data/demo] [--steps 60]
+    python -m benchmarks.train [--train data/validated/nl/train.tsv] [--steps 60]
 
-Uses the `pretrain` params (batch size, loader workers, lr) and `model` params of params.yaml. When the
+Uses `data.corpus` (the clips), the `pretrain` params (batch size, loader workers, lr) and `model` params. When the
 validated train split is missing (the pipeline has not run), a small Dutch demo corpus is synthesised into a
 temporary folder, and the JSON says so. Training runs `train_ctc` for `--steps` optimiser steps with one
 evaluation (16 dev clips) and one checkpoint at the end, both inside the Trainer's samples/s.
@@ -11,7 +11,6 @@ evaluation (16 dev clips) and one checkpoint at the end, both inside the Trainer
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from stages.audio import load_clip_16k, resolve_workers
+from stages.audio import TARGET_SR, load_clip_16k, resolve_workers
 from stages.corpus import Utterance, build_vocab, read_corpus_tsv, read_split_tsv, write_json
 from stages.model import build_model, build_processor
 from stages.params import load_params
@@ -38,7 +37,7 @@ def synthesised_split(root: Path, seed: int) -> tuple[list[Utterance], Path]:
     broken = {d.path for d in summary.defects}
     clips_dir = root / "nl" / "clips"
     rows = [u for u in read_corpus_tsv(root / "nl" / "validated.tsv") if u.path not in broken and u.text]
-    rows = [dataclasses.replace(u, duration_s=len(load_clip_16k(clips_dir / u.path)) / 16_000) for u in rows]
+    rows = [dataclasses.replace(u, duration_s=len(load_clip_16k(clips_dir / u.path)) / TARGET_SR) for u in rows]
     return [u for u in rows if u.duration_s <= 10.0], clips_dir
 
 
@@ -57,7 +56,6 @@ def loading_rate(dataset: UtteranceDataset, batch_size: int, workers: int) -> fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=Path, default=Path("data/validated/nl/train.tsv"))
-    parser.add_argument("--corpus", type=Path, default=Path("data/demo"), help="corpus root holding nl/clips")
     parser.add_argument("--steps", type=int, default=60, help="optimiser steps of the timed training run")
     parser.add_argument("--load-clips", type=int, default=256, help="clips read by the loading benchmark")
     parser.add_argument("--out", type=Path, default=Path("reports/bench/train.json"))
@@ -69,11 +67,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.train.is_file():
-            utterances, clips_dir, source = read_split_tsv(args.train), args.corpus / "nl" / "clips", str(args.train)
+            utterances, clips_dir, source = read_split_tsv(args.train), Path(params.data.corpus) / "nl" / "clips", str(args.train)
         else:
             utterances, clips_dir = synthesised_split(tmp / "corpus", params.seed)
             source = f"{len(utterances)} demo clips synthesised in a temporary folder ({args.train} missing)"
-        (tmp / "vocab.json").write_text(json.dumps(build_vocab(u.text for u in utterances), ensure_ascii=False))
+        write_json(tmp / "vocab.json", build_vocab(u.text for u in utterances))
         processor = build_processor(tmp / "vocab.json")
         dev, train = utterances[:DEV_CLIPS], utterances[DEV_CLIPS:]
 

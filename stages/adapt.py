@@ -38,15 +38,16 @@ def main() -> None:
     if meta.get("model_sha256") != file_sha256(weights):
         raise SystemExit(f"{args.fisher} was estimated for another model than {weights}: run `dvc repro fisher`")
     apply_training_config(model, ap)  # freeze first: the penalty anchors exactly the parameters that train
-    penalty = EWCPenalty(model, fisher if ap.method == "ewc" else None, ap.ewc_lambda, getattr(torch, ap.ewc_dtype), ap.method)
+    penalty = EWCPenalty(model, fisher if ap.method == "ewc" else None, ap.ewc_lambda, getattr(torch, ap.ewc_dtype))
     key = run_key({"adapt": dataclasses.asdict(ap), "seed": params.seed, "corpus": params.data.corpus},
                   [args.train, args.dev, weights, args.fisher, *core_code_files(), Path(__file__), Path(ewc.__file__)])
     train, dev = read_split_tsv(args.train), read_split_tsv(args.dev)
     result = train_ctc(model, processor, train, dev, Path(params.data.corpus) / args.lang / "clips", ap, "adapt",
                        params.seed, args.out, args.reports, args.checkpoints, key, regulariser=penalty)
     resumed = f", resumed at step {result.resumed_from_step}" if result.resumed_from_step is not None else ""
+    weighting = f"Fisher normalised by {meta['normalize']}" if ap.method == "ewc" else "F = 1"
     print(f"adapt: {result.steps} steps on {len(train)} {args.lang} utterances, {ap.method} λ={ap.ewc_lambda:g} "
-          f"(Fisher normalised by {meta['normalize']}){resumed}; best dev WER {result.best_dev_wer:.3f}, "
+          f"({weighting}){resumed}; best dev WER {result.best_dev_wer:.3f}, "
           f"CER {result.best_dev_cer:.3f} at step {result.best_step} -> {args.out}")
 
 

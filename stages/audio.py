@@ -74,7 +74,7 @@ def safe_clip_path(clips_dir: Path, name: str) -> Path:
     except (OSError, RuntimeError, ValueError) as err:  # symlink loop (RuntimeError before 3.13), NUL byte
         raise UnsafePathError(f"{name!r} cannot be resolved inside {root}: {err}") from err
     if resolved == root or not resolved.is_relative_to(root):
-        raise UnsafePathError(f"{name!r} resolves to {resolved}, outside the clips folder {root}")
+        raise UnsafePathError(f"{name!r} resolves outside the clips folder {root}")
     return resolved
 
 

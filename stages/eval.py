@@ -33,11 +33,10 @@ def main() -> None:
     parser.add_argument("--after", default="adapted", help="model after adaptation")
     parser.add_argument("--source", default="nl", help="language learnt first (forgetting is measured on it)")
     parser.add_argument("--target", default="de", help="language adapted to (learning is measured on it)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    params = load_params(args.params)
+    params = load_params()
     samples, seed = params.eval.bootstrap_samples, params.seed
     tests = {lang: read_split_tsv(path) for lang, path in named_paths(args.test, "--test").items()}
     scores, metrics = {}, {}

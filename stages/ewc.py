@@ -7,7 +7,7 @@ divides by 1), not divided when "sum". `kind="empirical"` differentiates the los
 `kind="sampled"` the loss of label sequences drawn from the model's own frame posteriors (the true Fisher's
 Monte-Carlo estimate), averaging the squared gradient over `draws` sequences per utterance.
 
-Penalty: (λ/2)·Σᵢ Fᵢ·(θᵢ − θ*ᵢ)², the ½ included, θ* the pretrained weights; `method="l2"` takes F = 1.
+Penalty: (λ/2)·Σᵢ Fᵢ·(θᵢ − θ*ᵢ)², the ½ included, θ* the pretrained weights; without a Fisher F = 1 (L2).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def estimate_fisher(model: nn.Module, batches: Iterable[Mapping[str, Any]], *, k
         raise ValueError(f"kind must be 'empirical' or 'sampled', got {kind!r}")
     if normalize not in ("none", "max", "mean"):
         raise ValueError(f"normalize must be 'none', 'max' or 'mean', got {normalize!r}")
-    for arg, value in (("draws", draws), ("batch_size", batch_size), ("samples", samples or 1)):
+    for arg, value in (("draws", draws), ("batch_size", batch_size), ("samples", 1 if samples is None else samples)):
         if value < 1:
             raise ValueError(f"{arg} must be >= 1, got {value}")
     if kind == "sampled" and generator is None:
@@ -261,10 +261,10 @@ class EWCPenalty:
     """The EWC penalty (λ/2)·Σᵢ Fᵢ·(θᵢ − θ*ᵢ)² (½ included) over every trainable parameter of the model.
 
     Holds F and θ* once each, copied at construction (θ* = the weights then), in `dtype` (float32, or bfloat16 to
-    halve the memory; θ − θ* is then computed in float32 from the rounded θ*). `method="l2"` uses F = 1 and stores
-    no F. λ = 0 runs the same code (value 0, gradient contribution 0). Every trainable parameter needs a Fisher of
-    its shape, and every Fisher name must be a model parameter (a Fisher for a frozen parameter is allowed and
-    unused: θ = θ* there, so its term is 0); anything else raises, naming the parameter.
+    halve the memory; θ − θ* is then computed in float32 from the rounded θ*). `fisher=None` uses F = 1 (the L2
+    baseline) and stores no F. λ = 0 runs the same code (value 0, gradient contribution 0). Every trainable
+    parameter needs a Fisher of its shape, and every Fisher name must be a model parameter (a Fisher for a frozen
+    parameter is allowed and unused: θ = θ* there, so its term is 0); anything else raises, naming the parameter.
 
     `penalty(model)` returns a scalar that requires grad; the training core adds it to the CTC loss of every
     micro-batch. Its backward adds λ·F·(θ − θ*)·grad_output into each `p.grad` in place (creating it if None) when
@@ -280,19 +280,16 @@ class EWCPenalty:
     """
 
     def __init__(self, model: nn.Module, fisher: Mapping[str, Tensor] | None, lam: float,
-                 dtype: torch.dtype = torch.float32, method: Literal["ewc", "l2"] = "ewc") -> None:
+                 dtype: torch.dtype = torch.float32) -> None:
         if not lam >= 0 or lam == float("inf"):
             raise ValueError(f"lam must be finite and >= 0, got {lam}")
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
-        if method not in ("ewc", "l2") or (method == "ewc") != (fisher is not None):
-            raise ValueError(f"method must be 'ewc' with a Fisher or 'l2' without one, got {method!r} with "
-                             f"{'a' if fisher is not None else 'no'} Fisher")
         all_params = dict(model.named_parameters())
         trainable = {n: p for n, p in all_params.items() if p.requires_grad}
         if not trainable:
             raise ValueError("model has no parameter with requires_grad=True: nothing to anchor")
-        self.lam, self.method, self.names = float(lam), method, list(trainable)
+        self.lam, self.names = float(lam), list(trainable)
         fishers: list[Tensor] = []
         if fisher is not None:
             unknown = [n for n in fisher if n not in all_params]

@@ -70,10 +70,10 @@ def read_curve(path: Path, column: str) -> tuple[list[int], list[float]]:
 
 
 def plot_adapt_curves(curves_dir: Path, path: Path) -> None:
-    """Training CTC loss and EWC penalty per step, and dev WER/CER per evaluation, from dvclive's `plots/metrics`."""
+    """Training CTC loss and penalty per step, and dev WER/CER per evaluation, from dvclive's `plots/metrics`."""
     figure = Figure(figsize=(9.0, 3.4), layout="constrained")
     loss_ax, dev_ax = figure.subplots(1, 2)
-    for name, label in (("ctc_loss", "CTC loss (train)"), ("penalty", "EWC penalty (λ/2)·ΣF(θ−θ*)²"), ("loss", "total (train)")):
+    for name, label in (("ctc_loss", "CTC loss (train)"), ("penalty", "penalty (λ/2)·ΣF(θ−θ*)²"), ("loss", "total (train)")):
         steps, values = read_curve(curves_dir / "train" / f"{name}.tsv", name)
         loss_ax.plot(steps, values, label=label)
     steps, values = read_curve(curves_dir / "eval" / "loss.tsv", "loss")

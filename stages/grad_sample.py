@@ -199,10 +199,10 @@ def padding_is_safe(model: nn.Module, audio: Sequence[Tensor]) -> bool:
 
 
 def accumulate_looped(model: nn.Module, audio: Sequence[Tensor], targets_for: TargetsFn, loss_fn: LossFn,
-                      params: Mapping[str, nn.Parameter], sums: Mapping[str, Tensor]) -> list[list[Tensor]]:
+                      params: Mapping[str, nn.Parameter], sums: Mapping[str, Tensor]) -> None:
     """Reference path: per utterance (audio (samples,) each) a batch-of-one forward, then per target one backward;
-    adds the mean over its targets of the squared gradient into `sums[name]`. Returns the targets used."""
-    device, used_targets = next(model.parameters()).device, []
+    adds the mean over its targets of the squared gradient into `sums[name]`."""
+    device = next(model.parameters()).device
     names, tensors = list(params), list(params.values())
     for b, row in enumerate(audio):
         inputs, mask = _padded([row], device)
@@ -214,8 +214,6 @@ def accumulate_looped(model: nn.Module, audio: Sequence[Tensor], targets_for: Ta
             for name, grad in zip(names, grads, strict=True):
                 if grad is not None:
                     sums[name].addcmul_(grad, grad, value=1.0 / len(targets))  # fused: no squared copy
-        used_targets.append(targets)
-    return used_targets
 
 
 def accumulate_batched(sampler: SquaredGradSampler, audio: Sequence[Tensor], targets_for: TargetsFn, loss_fn: LossFn,

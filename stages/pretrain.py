@@ -21,11 +21,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="model folder to write (safetensors + processor)")
     parser.add_argument("--reports", type=Path, required=True, help="dvclive folder for curves and metrics.json")
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="resumable checkpoints, not a DVC output")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    params = load_params(args.params)
+    params = load_params()
     train_utts, dev_utts = read_split_tsv(args.train), read_split_tsv(args.dev)
     processor = build_processor(args.vocab)
     model = build_model(params.model, len(processor.tokenizer), params.seed)

@@ -39,9 +39,8 @@ from stages.tables import (
 )
 
 LAMBDA = "adapt.ewc_lambda"
-# swept params but λ, in sort order: experiments that share them form one λ sweep
-GROUP_KEYS = ("adapt.method", "fisher.normalize", "fisher.kind", "fisher.samples", "pretrain.lr", "adapt.lr",
-              "adapt.batch_size", "adapt.effective_batch_size")
+# the table's params but λ, in sort order: experiments that share them form one λ sweep
+GROUP_KEYS = tuple(key for key, _, _ in (*PARAM_COLUMNS, *OPTIONAL_PARAM_COLUMNS) if key != LAMBDA)
 SHORT_NAMES = {key: name for key, name, _ in (*PARAM_COLUMNS, *OPTIONAL_PARAM_COLUMNS)}
 DPI = 200
 Row = dict[str, Estimate]

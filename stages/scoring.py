@@ -1,5 +1,5 @@
 """Scoring: greedy transcription in batches, WER and CER (jiwer) per utterance and per corpus, bootstrap
-confidence intervals, the continual-learning metrics derived from several models, and the error-rate figure.
+confidence intervals, and the continual-learning metrics derived from several models.
 
 References are the normalised texts of the split files; hypotheses go through the same `normalise_text`.
 A corpus rate is total errors over total reference units (words; characters, spaces included), which is
@@ -109,8 +109,9 @@ def _resampled_rates(errors: np.ndarray, units: np.ndarray, samples: int, seed: 
     n = units.shape[0]
     rng = np.random.default_rng(seed)
     rates = []
-    for start in range(0, samples, max(1, _CHUNK_ENTRIES // n)):
-        index = rng.integers(0, n, size=(min(samples - start, max(1, _CHUNK_ENTRIES // n)), n))  # (chunk, utterances)
+    chunk = max(1, _CHUNK_ENTRIES // n)
+    for start in range(0, samples, chunk):
+        index = rng.integers(0, n, size=(min(samples - start, chunk), n))  # (chunk, utterances)
         rates.append(errors[:, index].sum(-1).T / units[index].sum(-1)[:, None])
     return np.concatenate(rates)
 
@@ -131,8 +132,11 @@ def paired_bootstrap_ci(errors_a: Sequence[int], errors_b: Sequence[int], ref_wo
     return float(low), float(high)
 
 
-def _change(first: Sequence[UtteranceScore], second: Sequence[UtteranceScore], samples: int, seed: int) -> dict[str, float]:
+def paired_change(first: Sequence[UtteranceScore], second: Sequence[UtteranceScore], samples: int,
+                  seed: int) -> dict[str, float]:
     """WER and CER of `second` minus those of `first` (same utterances), with the paired bootstrap interval of the WER change."""
+    if len(first) != len(second):
+        raise ScoringError(f"paired scores differ in their utterances: {len(first)} against {len(second)}")
     for a, b in zip(first, second, strict=True):
         if a.path != b.path:
             raise ScoringError(f"paired scores differ in their utterances: {a.path} against {b.path}")
@@ -156,8 +160,8 @@ def derived_metrics(scores: Mapping[str, Mapping[str, Sequence[UtteranceScore]]]
     """
     if before not in scores or after not in scores:
         return {}
-    forgetting = _change(scores[before][source], scores[after][source], samples, seed)
-    learning = _change(scores[after][target], scores[before][target], samples, seed)  # before - after
+    forgetting = paired_change(scores[before][source], scores[after][source], samples, seed)
+    learning = paired_change(scores[after][target], scores[before][target], samples, seed)  # before - after
     after_wer = [error_rates(scores[after][lang])["wer"] for lang in (source, target)]
     return {
         "forgetting": {source: forgetting},

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from stages.scoring import SCORE_COLUMNS, UtteranceScore, bootstrap_ci, paired_bootstrap_ci
+from stages.scoring import SCORE_COLUMNS, ScoringError, UtteranceScore, error_rates, paired_change
 
 LANGS = ("nl", "de")
 MODELS = ("pretrained", "adapted")
@@ -53,7 +53,10 @@ PARAM_COLUMNS = (
     ("fisher.samples", "Fisher N", "Fisher $N$"), ("fisher.kind", "Fisher kind", "Fisher kind"),
     ("fisher.normalize", "Fisher norm.", "Fisher norm."),
 )
-OPTIONAL_PARAM_COLUMNS = (("pretrain.lr", "pretrain lr", "pretrain lr"),)  # shown only when it varies
+OPTIONAL_PARAM_COLUMNS = (  # shown only when they vary
+    ("adapt.max_steps", "steps", "steps"), ("adapt.freeze_feature_encoder", "frozen CNN", "frozen CNN"),
+    ("pretrain.lr", "pretrain lr", "pretrain lr"),
+)
 # (column, Markdown header, metrics keys in order of preference), from the eval stage's reports/metrics.json.
 METRIC_COLUMNS = (
     *((f"{model}.{lang}.{rate}", f"{lang} {rate.upper()} {'before' if model == 'pretrained' else 'after'} (%)",
@@ -150,23 +153,22 @@ def estimate_row(experiment: Experiment, source: PredictionSource, samples: int,
             if text is None:
                 continue
             read = read_predictions(text, f"{experiment.name}:{file}")
-            errors, words = [s.word_errors for s in read], [s.ref_words for s in read]
-            wer, value = sum(errors) / sum(words), row[column].value
-            if value is not None and abs(wer - value) > 1e-6:  # stale or foreign predictions
-                notes.append(f"{experiment.name}: {file} gives WER {wer:.4f}, the metrics {value:.4f}; not used")
+            rates, value = error_rates(read, samples, seed), row[column].value
+            if value is not None and abs(rates["wer"] - value) > 1e-6:  # stale or foreign predictions
+                notes.append(f"{experiment.name}: {file} gives WER {rates['wer']:.4f}, the metrics {value:.4f}; not used")
                 continue
             scores[model, lang] = read
-            row[column] = Estimate(value, bootstrap_ci(errors, words, samples, seed))
+            row[column] = Estimate(value, (rates["wer_ci_low"], rates["wer_ci_high"]))
     if not scores:
         notes.append(f"{experiment.name}: no per-utterance predictions readable; intervals from its metrics, if any")
     before, after = scores.get(("pretrained", "nl")), scores.get(("adapted", "nl"))
     if before and after:
-        if [(s.path, s.ref_words) for s in before] != [(s.path, s.ref_words) for s in after]:
-            raise ValueError(f"{experiment.name}: pretrained_nl.tsv and adapted_nl.tsv list different utterances; "
-                             "forgetting needs the same test split")
-        interval = paired_bootstrap_ci([s.word_errors for s in before], [s.word_errors for s in after],
-                                       [s.ref_words for s in before], samples, seed)
-        row["forgetting"] = Estimate(row["forgetting"].value, interval)
+        try:
+            change = paired_change(before, after, samples, seed)
+        except ScoringError as err:
+            raise ValueError(f"{experiment.name}: pretrained_nl.tsv against adapted_nl.tsv: {err}; forgetting needs "
+                             "the same test split") from err
+        row["forgetting"] = Estimate(row["forgetting"].value, (change["wer_ci_low"], change["wer_ci_high"]))
     return row, notes
 
 

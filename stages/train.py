@@ -153,7 +153,7 @@ class _CTCTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._micro_batches:  # a training log line, not an evaluation
             ctc, penalty = (self._loss_sums / self._micro_batches).tolist()
-            logs = {**logs, "train_ctc_loss": ctc, "train_penalty": penalty}
+            logs = {**logs, "train_ctc_loss": ctc, **({"train_penalty": penalty} if self.regulariser is not None else {})}
             self._loss_sums, self._micro_batches = None, 0
         super().log(logs, start_time)
 

@@ -122,7 +122,7 @@ def test_whole_chain_writes_sane_metrics_and_then_is_up_to_date(repo):
     assert fisher["samples"] == 6 and fisher["normalize"] == "mean"
     assert (repo / "models/fisher/utterances.tsv").read_text().count("\n") == 6 + 1
     penalty = read_json(repo / "reports/adapt/metrics.json")["train"]["penalty"]
-    assert penalty > 0  # λ = 0.4 and the weights moved
+    assert penalty > 0  # the default λ > 0, and the weights moved
     for figure in ("error_rates", "adapt_curves", "fisher_by_layer"):
         assert (repo / f"reports/figures/{figure}.png").read_bytes()[:4] == b"\x89PNG"
     assert stages_run(dvc(repo, "repro")) == set()
@@ -173,7 +173,7 @@ def test_sweep_queue_show_report_and_share(repo, tmp_path):
         f"| {name}" for name in names[:2])
     run(repo, sys.executable, "-m", "stages.report", "--out", "reports/thesis")
     lambdas = {row.split(" | ")[1] for row in table_rows(repo / "reports/thesis/results.md")}
-    assert {"0", "0.1", "0.2", "1"} <= lambdas  # one row per experiment (and the baseline's 0.4)
+    assert {"0", "0.1", "0.2", "1"} <= lambdas  # one row per experiment (and the baseline's default λ)
     assert r"\toprule" in (repo / "reports/thesis/results.tex").read_text(encoding="utf-8")
     for figure in ("forgetting_vs_german", "lambda_sweep"):
         assert (repo / f"reports/thesis/{figure}.png").read_bytes()[:4] == b"\x89PNG"

@@ -118,6 +118,30 @@ def test_batched_fisher_equals_looped(model, utts, kind):
     assert looped.draws == (2 if kind == "sampled" else 1)
 
 
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_sampled_fisher_averages_its_draws(model, utts, batch_size):
+    # Every draw returns the utterance's reference labels: the sampled Fisher must then be the empirical one, which
+    # catches targets_for ignoring `kind`, a lost `draws`, and draws summed instead of averaged, on either path.
+    four, generator = utts[:4], torch.Generator().manual_seed(3)
+    expected = [(u["labels"], int(model._get_feat_extract_output_lengths(len(u["input_values"])))) for u in four]
+    expected = iter([e for e in expected for _ in range(2)])  # per utterance in order, 2 draws each
+
+    def reference_labels(logits: torch.Tensor, blank: int, g: torch.Generator) -> torch.Tensor:
+        labels, frames = next(expected)
+        assert logits.shape == (frames, VOCAB) and blank == 0 and g is generator
+        return labels.clone()  # what sample_ctc_labels returns: (label_len,) int64 on the CPU
+
+    empirical = estimate_fisher(model, four, kind="empirical", batch_size=1)
+    loader = four if batch_size == 1 else [collate(four[:2]), collate(four[2:])]
+    with (mock.patch.object(ewc, "sample_ctc_labels", side_effect=reference_labels) as draw,
+          mock.patch.object(ewc, "accumulate_batched", wraps=ewc.accumulate_batched) as batched_path):
+        sampled = estimate_fisher(model, loader, kind="sampled", draws=2, batch_size=batch_size, generator=generator)
+    assert draw.call_count == 4 * 2 and next(expected, None) is None
+    assert batched_path.call_count == (0 if batch_size == 1 else 2)
+    assert (sampled.kind, sampled.samples, sampled.draws) == ("sampled", 4, 2)
+    assert_same_fisher(sampled.tensors, empirical.tensors)
+
+
 def test_group_norm_model_batches_equal_lengths_only(utts):
     model = tiny_model(feat_extract_norm="group", do_stable_layer_norm=False)
     equal = utterances([1.5, 1.5, 1.5], seed=7)
@@ -303,7 +327,7 @@ def test_penalty_adds_to_the_ctc_gradient_once_per_micro_batch(utts):
 def test_zero_lambda_and_l2_use_the_same_path():
     model = tiny_model()
     zero = EWCPenalty(model, random_fisher(model), lam=0.0)
-    l2 = EWCPenalty(model, None, lam=2.0, method="l2")
+    l2 = EWCPenalty(model, None, lam=2.0)  # no Fisher: F = 1
     anchor = perturbed(model)
     value = zero(model)
     value.backward()

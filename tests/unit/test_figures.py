@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from stages.figures import fisher_by_layer, layer_of, plot_adapt_curves, plot_fisher_by_layer, read_curve
+from stages.figures import fisher_by_layer, layer_of, plot_adapt_curves, plot_error_rates, plot_fisher_by_layer, read_curve
 
 
 @pytest.mark.parametrize(("name", "layer"), [
@@ -38,3 +38,11 @@ def test_figures_are_png(tmp_path):
     plot_adapt_curves(curves, tmp_path / "c.png")
     for name in ("f.png", "c.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_error_rate_figure(tmp_path):
+    rates = {"pretrained": {"nl": {"wer": 0.4, "cer": 0.1, "wer_ci_low": 0.3, "wer_ci_high": 0.5},
+                            "de": {"wer": 0.9, "cer": 0.5, "wer_ci_low": 0.8, "wer_ci_high": 1.0}}}
+    plot_error_rates(rates, tmp_path / "figures" / "error_rates.png")
+    png = (tmp_path / "figures" / "error_rates.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
