@@ -20,12 +20,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from stages.audio import TARGET_SR, load_clip_16k, resolve_workers
-from stages.corpus import Utterance, build_vocab, read_corpus_tsv, read_split_tsv, write_json
-from stages.model import build_model, build_processor
-from stages.params import load_params
-from stages.synth import write_demo_corpus
-from stages.train import CTCCollator, UtteranceDataset, train_ctc
+from forgetting.audio import TARGET_SR, load_clip_16k
+from forgetting.batching import CTCCollator, UtteranceDataset
+from forgetting.corpus import Utterance, build_vocab, read_corpus_tsv, read_split_tsv
+from forgetting.io import write_json
+from forgetting.model import build_model, build_processor
+from forgetting.params import load_params
+from forgetting.synth import write_demo_corpus
+from forgetting.trainer import train_ctc
+from forgetting.validation import resolve_workers
 
 DEV_CLIPS = 16
 SYNTH_CLIPS = 160

@@ -16,10 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from stages.audio import Validation, resolve_workers, validate_splits
-from stages.corpus import Utterance, read_corpus_tsv, write_json
-from stages.params import load_params
-from stages.synth import write_demo_corpus
+from forgetting.corpus import Utterance, read_corpus_tsv
+from forgetting.io import write_json
+from forgetting.params import load_params
+from forgetting.synth import write_demo_corpus
+from forgetting.validation import Validation, resolve_workers, validate_splits
 
 
 def time_validation(

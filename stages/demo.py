@@ -1,23 +1,22 @@
 """Stage `demo`: the embedded Dutch and German corpus, synthesised with eSpeak NG in the Common Voice layout.
 
 Writes `<out>/nl/` and `<out>/de/` (validated.tsv + clips/), each replacing what was there. The speakers,
-the sentences and the defects planted on purpose are described in `stages/synth.py`.
+the sentences and the defects planted on purpose are described in `forgetting/synth.py`.
 """
 
-import argparse
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from stages.params import load_params
-from stages.synth import LANGUAGES, write_demo_corpus
+from forgetting.layout import LANGUAGES
+from forgetting.synth import write_demo_corpus
+from stages import cli
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.parser(__doc__)
     parser.add_argument("--out", type=Path, required=True, help="corpus root: writes <out>/<lang>/{validated.tsv,clips/}")
-    args = parser.parse_args()
-    params = load_params()
+    args, params = cli.start(parser)
     demo = params.demo
 
     start = time.perf_counter()

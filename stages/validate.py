@@ -7,44 +7,43 @@ the reject fraction is within `validate.max_reject_fraction`, so a failed or int
 that looks complete; on failure `<out>.tmp/rejects.tsv` is kept for inspection.
 """
 
-import argparse
 import shutil
 from collections import Counter
 from pathlib import Path
 
-from stages.audio import ValidationError, check_reject_fraction, validate_splits, validation_metrics, write_rejects_tsv
-from stages.corpus import SPLITS, read_split_tsv, write_json, write_split_tsv
-from stages.params import load_params
+from forgetting.corpus import read_split_tsv, write_split_tsv
+from forgetting.io import replace_dir, temp_dir, write_json
+from forgetting.layout import SPLITS, clips_dir, split_file
+from forgetting.validation import ValidationError, check_reject_fraction, validate_splits, validation_metrics, write_rejects_tsv
+from stages import cli
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.parser(__doc__)
     parser.add_argument("--lang", required=True)
     parser.add_argument("--sampled", type=Path, required=True, help="folder with the sampled train/dev/test.tsv")
     parser.add_argument("--out", type=Path, required=True, help="folder for the validated TSVs and rejects.tsv")
     parser.add_argument("--metrics", type=Path, required=True, help="counts JSON")
-    args = parser.parse_args()
-    params = load_params()
+    args, params = cli.start(parser)
     bounds = params.validate
 
-    clips_dir = Path(params.data.corpus) / args.lang / "clips"
-    if not clips_dir.is_dir():
-        raise SystemExit(f"validate {args.lang}: no clips folder {clips_dir} (data.corpus = {params.data.corpus})")
-    splits = {name: read_split_tsv(args.sampled / f"{name}.tsv") for name in SPLITS}
-    validation = validate_splits(splits, clips_dir, bounds.min_seconds, bounds.max_seconds, bounds.min_rms, bounds.workers)
+    clips = clips_dir(params.data.corpus, args.lang)
+    if not clips.is_dir():
+        raise SystemExit(f"validate {args.lang}: no clips folder {clips} (data.corpus = {params.data.corpus})")
+    splits = {name: read_split_tsv(split_file(args.sampled, name)) for name in SPLITS}
+    validation = validate_splits(splits, clips, bounds.min_seconds, bounds.max_seconds, bounds.min_rms, bounds.workers)
 
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    for stale in (args.out, tmp):
-        shutil.rmtree(stale, ignore_errors=True)
+    shutil.rmtree(args.out, ignore_errors=True)  # a failed run must not leave the previous run's output looking current
+    tmp = temp_dir(args.out)
     for name in SPLITS:
-        write_split_tsv(tmp / f"{name}.tsv", validation.kept[name], extra=("duration_s",))
+        write_split_tsv(split_file(tmp, name), validation.kept[name], extra=("duration_s",))
     write_rejects_tsv(tmp / "rejects.tsv", validation.rejects)
     try:
         metrics = validation_metrics(splits, validation)
         check_reject_fraction(args.lang, validation, metrics, bounds.max_reject_fraction)
     except ValidationError as err:
-        raise SystemExit(f"{err}\nclips folder: {clips_dir}; every reject: {tmp / 'rejects.tsv'}") from err
-    tmp.rename(args.out)
+        raise SystemExit(f"{err}\nclips folder: {clips}; every reject: {tmp / 'rejects.tsv'}") from err
+    replace_dir(tmp, args.out)
     write_json(args.metrics, {"lang": args.lang, **metrics})
 
     reasons = Counter(r.reason for r in validation.rejects)

@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from stages.corpus import (
+from forgetting.corpus import (
     CorpusError,
     Utterance,
     build_vocab,
+    filter_and_sample,
     metadata_reject_reason,
     normalise_text,
     read_corpus_tsv,
@@ -81,6 +82,19 @@ def test_errors_name_file_and_line(tmp_path):
 def test_metadata_filters(sentence, up, down, reason):
     u = Utterance("c", "x.mp3", sentence, normalise_text(sentence), up, down)
     assert metadata_reject_reason(u, "abcdefghijklmnopqrstuvwxyzëé'", min_up_votes=2) == reason
+
+
+def test_filter_and_sample_counts_every_drop_and_is_seeded():
+    rows = [Utterance("a", f"{i}.mp3", "x", "zin", up_votes=2) for i in range(20)]
+    rows += [Utterance("b", "low.mp3", "x", "zin", up_votes=1), Utterance("b", "num.mp3", "3", "3", up_votes=2),
+             Utterance("b", "neg.mp3", "x", "zin", up_votes=2, down_votes=2), Utterance("b", "e.mp3", "", "", up_votes=2)]
+    sample = filter_and_sample(rows, "aeinz", min_up_votes=2, n=5, seed="0-nl")
+    assert sample.dropped == {"too_few_up_votes": 1, "chars_outside_alphabet": 1, "down_votes_not_below_up_votes": 1,
+                              "empty_text": 1}
+    assert sample.passed == rows[:20] and len(sample.sampled) == 5 and set(sample.sampled) <= set(rows[:20])
+    assert sample.sampled == filter_and_sample(rows, "aeinz", 2, 5, seed="0-nl").sampled
+    assert sample.sampled != filter_and_sample(rows, "aeinz", 2, 5, seed="1-nl").sampled
+    assert filter_and_sample(rows, "aeinz", 2, 50, seed="0-nl").sampled == rows[:20]  # fewer pass than n: all, in order
 
 
 def corpus(speakers: int = 12, per_speaker: int = 10) -> list[Utterance]:

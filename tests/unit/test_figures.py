@@ -1,41 +1,31 @@
-"""Per-layer Fisher statistics and the figures drawn from stage results."""
+"""Every figure is a PNG: the Fisher by layer, the adapt curves, the error rates, and the report's figures; the
+Pareto front on hand-made points."""
 
-import pytest
 import torch
 
-from stages.figures import fisher_by_layer, layer_of, plot_adapt_curves, plot_error_rates, plot_fisher_by_layer, read_curve
+from forgetting.curves import TRAIN_CTC_LOSS, TRAIN_PENALTY, curve_file
+from forgetting.figures import (
+    pareto_front,
+    plot_adapt_curves,
+    plot_error_rates,
+    plot_fisher_by_layer,
+    plot_forgetting_vs_german,
+    plot_lambda_sweep,
+)
+from forgetting.fisher import fisher_by_layer
+from forgetting.results import sweep_points
+from forgetting.scoring import Estimate
+from tests.unit.exp_show import RECORDS, table
 
 
-@pytest.mark.parametrize(("name", "layer"), [
-    ("wav2vec2.encoder.layers.3.attention.q_proj.weight", "encoder.layers.3"),
-    ("wav2vec2.feature_extractor.conv_layers.0.conv.weight", "feature_extractor.conv_layers.0"),
-    ("wav2vec2.encoder.pos_conv_embed.conv.weight_g", "encoder.pos_conv_embed"),
-    ("lm_head.bias", "lm_head"),
-    ("wav2vec2.masked_spec_embed", "masked_spec_embed"),
-])
-def test_layer_of(name, layer):
-    assert layer_of(name) == layer
-
-
-def test_fisher_by_layer_sums_per_layer_in_model_order():
-    fisher = {"wav2vec2.encoder.layers.0.fc.weight": torch.full((2, 3), 2.0),
-              "wav2vec2.encoder.layers.0.fc.bias": torch.tensor([4.0, 0.0]),
-              "lm_head.weight": torch.ones(2, 2)}
-    layers = fisher_by_layer(fisher)
-    assert list(layers) == ["encoder.layers.0", "lm_head"]
-    assert layers["encoder.layers.0"] == pytest.approx({"entries": 8, "sum": 16.0, "max": 4.0, "mean": 2.0, "share": 0.8})
-    assert layers["lm_head"]["share"] == pytest.approx(0.2)
-
-
-def test_figures_are_png(tmp_path):
+def test_stage_figures_are_png(tmp_path):
     plot_fisher_by_layer(fisher_by_layer({"lm_head.weight": torch.ones(2)}), "title", tmp_path / "f.png")
-    curves = tmp_path / "metrics"
-    for split, name, values in (("train", "ctc_loss", [3.0, 1.0]), ("train", "penalty", [0.0, 0.2]), ("eval", "wer", [0.9, 0.5])):
-        (curves / split).mkdir(parents=True, exist_ok=True)
-        (curves / split / f"{name}.tsv").write_text(f"step\t{name}\n" + "".join(f"{i + 1}\t{v}\n" for i, v in enumerate(values)))
-    assert read_curve(curves / "train" / "penalty.tsv", "penalty") == ([1, 2], [0.0, 0.2])
-    assert read_curve(curves / "eval" / "missing.tsv", "loss") == ([], [])
-    plot_adapt_curves(curves, tmp_path / "c.png")
+    live = tmp_path / "adapt"
+    for curve, values in ((TRAIN_CTC_LOSS, [3.0, 1.0]), (TRAIN_PENALTY, [0.0, 0.2])):
+        column = curve.rsplit("/", 1)[-1]
+        curve_file(live, curve).parent.mkdir(parents=True, exist_ok=True)
+        curve_file(live, curve).write_text(f"step\t{column}\n" + "".join(f"{i + 1}\t{v}\n" for i, v in enumerate(values)))
+    plot_adapt_curves(live, tmp_path / "c.png")  # the dev curves are missing: drawn empty
     for name in ("f.png", "c.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -46,3 +36,20 @@ def test_error_rate_figure(tmp_path):
     plot_error_rates(rates, tmp_path / "figures" / "error_rates.png")
     png = (tmp_path / "figures" / "error_rates.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_pareto_front_on_hand_made_points():
+    points = [(1.0, 5.0), (2.0, 3.0), (3.0, 4.0), (4.0, 1.0), (5.0, 1.0), (0.5, 6.0), (2.0, 3.0)]
+    # (3, 4) is beaten by (2, 3); (5, 1) by (4, 1); the duplicate (2, 3) dominates neither copy
+    assert pareto_front(points) == [5, 0, 1, 6, 3]
+    assert pareto_front([(1.0, 1.0)]) == [0]
+
+
+def test_report_figures_are_png(tmp_path):
+    _, experiments, rows = table(RECORDS, samples=200)
+    sweep = sweep_points(experiments, rows)
+    for plot, name in ((plot_forgetting_vs_german, "pareto.png"), (plot_lambda_sweep, "sweep.png")):
+        assert plot(sweep, tmp_path / name)
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = sweep_points(experiments[:1], [dict.fromkeys(rows[0], Estimate(None))])
+    assert not plot_forgetting_vs_german(empty, tmp_path / "none.png")

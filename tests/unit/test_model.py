@@ -2,63 +2,22 @@
 
 import dataclasses
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from stages.corpus import build_vocab, normalise_text
-from stages.model import (
-    BLANK_ID,
+from forgetting.corpus import normalise_text
+from forgetting.model import (
     ModelError,
     apply_training_config,
-    blank_padding_frames,
     build_model,
     build_processor,
     checkpoint_files,
-    greedy_decode,
     load_trained,
     save_model,
 )
-from stages.params import load_params
-
-ROOT = Path(__file__).resolve().parents[2]
-SENTENCES = {
-    "nl": ["Het ijs is één keer gebroken, zo'n ding!", "Zoë's ruïne: geëerd en gerëorganiseerd?"],
-    "de": ["Die Straße ist groß; Mädchen ärgern sich über Öl.", "Geht's dir gut? Äußerst süß!"],
-}
-
-
-@pytest.fixture(scope="module")
-def params():
-    return load_params(ROOT / "params.yaml")
-
-
-def write_vocab(path: Path, texts) -> Path:
-    path.write_text(json.dumps(build_vocab(texts), ensure_ascii=False), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def vocab_path(tmp_path_factory) -> Path:
-    texts = [normalise_text(s) for sentences in SENTENCES.values() for s in sentences]
-    return write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.json", texts)
-
-
-@pytest.fixture(scope="module")
-def processor(vocab_path):
-    return build_processor(vocab_path)
-
-
-def audio_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two utterances (1.0 s and 0.6 s at 16 kHz), the second zero-padded; and their attention mask."""
-    generator = torch.Generator().manual_seed(seed)
-    values = torch.randn(2, 16_000, generator=generator)
-    mask = torch.ones(2, 16_000, dtype=torch.long)
-    values[1, 9_600:], mask[1, 9_600:] = 0.0, 0
-    return values, mask
+from tests.unit.tiny import SENTENCES, audio_batch, write_vocab
 
 
 def test_tiny_model_is_sized_to_the_vocabulary(params, processor, vocab_path):
@@ -125,28 +84,6 @@ def test_tokenizer_round_trips_normalised_text(processor, lang):
         assert 1 not in ids  # no [UNK]
         assert len(ids) == len(text)  # one token per character: ij is i + j, ë and ß are letters
         assert tokenizer.decode(ids, group_tokens=False) == text
-
-
-def test_greedy_decode_collapses_repeats_and_drops_blanks(processor):
-    vocab = processor.tokenizer.get_vocab()
-    h, e, t, bar = vocab["h"], vocab["e"], vocab["t"], vocab["|"]
-    ids = np.array([
-        [h, h, e, BLANK_ID, e, t, t, bar, bar, t, -100, -100],  # "he" + "et", word break, "t"; -100 = padding
-        [BLANK_ID, t, BLANK_ID, t, BLANK_ID, BLANK_ID, bar, BLANK_ID, h, -100, -100, -100],
-    ])
-    assert greedy_decode(ids, processor.tokenizer) == ["heet t", "tt h"]
-
-
-def test_padded_frames_decode_as_blank(params, processor):
-    model = build_model(params.model, len(processor.tokenizer), seed=0).eval()
-    values, mask = audio_batch()
-    with torch.no_grad():
-        batch = blank_padding_frames(model, model(values, attention_mask=mask).logits, mask)
-        alone = model(values[1:, :9_600]).logits
-    frames = alone.shape[1]
-    assert torch.allclose(batch[1, :frames], alone[0], atol=1e-4)
-    assert (batch[1, frames:].argmax(-1) == BLANK_ID).all()
-    assert torch.equal(batch[0].argmax(-1), model(values[:1]).logits[0].argmax(-1))
 
 
 def train_params(params, **changes):

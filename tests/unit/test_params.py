@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.params import ParamsError, load_params, parse_params
+from forgetting.params import ParamsError, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[2]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))

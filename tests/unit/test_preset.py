@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.params import load_params
+from forgetting.params import load_params
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESET = ROOT / "presets" / "thesis-cv-xlsr.yaml"

@@ -1,18 +1,14 @@
 """Scoring: edit counts and corpus rates on hand-written cases, bootstrap intervals, the derived continual-learning
-metrics, the files eval writes, and batched greedy transcription on real clips."""
+metrics, the files eval writes and the predictions TSV."""
 
 import csv
-import dataclasses
-from pathlib import Path
 
 import jiwer
 import numpy as np
 import pytest
 
-from stages import scoring
-from stages.model import build_model, build_processor, load_trained
-from stages.params import load_params
-from stages.scoring import (
+from forgetting import scoring
+from forgetting.scoring import (
     SCORE_COLUMNS,
     ScoringError,
     UtteranceScore,
@@ -20,14 +16,11 @@ from stages.scoring import (
     derived_metrics,
     error_rates,
     paired_bootstrap_ci,
+    read_predictions,
     score_utterance,
-    transcribe,
     write_scores_tsv,
 )
-from stages.train import train_ctc
-
-ROOT = Path(__file__).resolve().parents[2]
-PARAMS = load_params(ROOT / "params.yaml")
+from tests.unit.exp_show import FIXTURES
 
 
 @pytest.mark.parametrize(("reference", "hypothesis", "words", "chars"), [
@@ -109,27 +102,10 @@ def test_scores_tsv(tmp_path):
     assert read[0]["hypothesis"] == "zo'n dak" and read[1]["hypothesis"] == "" and read[1]["ref_chars"] == "3"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, corpus):
-    """A tiny model after one optimiser step (near its random init, so it emits many characters), its dev
-    utterances and the dev scores the Trainer reported for it."""
-    root = tmp_path_factory.mktemp("scoring")
-    clips_dir, utterances = corpus.clips_dir, corpus.utterances
-    processor = build_processor(corpus.vocab)
-    params = dataclasses.replace(PARAMS.pretrain, max_steps=1, eval_steps=1, batch_size=4, effective_batch_size=4,
-                                 lr=1e-6, dataloader_workers=0)
-    model = build_model(PARAMS.model, len(processor.tokenizer), seed=0)
-    result = train_ctc(model, processor, utterances[:4], utterances[4:], clips_dir, params, "score", 0, root / "model",
-                       root / "reports", root / "checkpoints", "s" * 64)
-    return root / "model", clips_dir, utterances[4:], result
-
-
-def test_batched_transcription_matches_the_trainers_dev_scores(trained):
-    model_dir, clips_dir, dev, result = trained
-    model, processor = load_trained(model_dir)
-    one_by_one = transcribe(model, processor, dev, clips_dir, batch_size=1, progress=False)
-    batched = transcribe(model, processor, dev, clips_dir, batch_size=3, progress=False)
-    assert batched == one_by_one
-    assert sum(len(h) for h in batched) > 0  # a near-random model emits characters, so this compares something
-    rates = error_rates([score_utterance(u.path, u.text, h) for u, h in zip(dev, batched, strict=True)])
-    assert (rates["wer"], rates["cer"]) == pytest.approx((result.best_dev_wer, result.best_dev_cer))
+def test_malformed_predictions_name_the_file_and_line():
+    text = (FIXTURES / "predictions" / "34b6578" / "adapted_nl.tsv").read_text(encoding="utf-8")
+    broken = text.replace("\t4\t", "\tfour\t", 1)
+    with pytest.raises(ValueError, match=r"main:adapted_nl.tsv line \d+: expected 7 columns"):
+        read_predictions(broken, "main:adapted_nl.tsv")
+    with pytest.raises(ValueError, match="header must be"):
+        read_predictions("path\tref\n", "x.tsv")

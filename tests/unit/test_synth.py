@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from stages.corpus import normalise_text
-from stages.params import load_params
-from stages.synth import DEFECTS, HEADER, LEXICONS, compose_sentence, open_espeak, write_demo_corpus
+from forgetting.corpus import normalise_text
+from forgetting.params import load_params
+from forgetting.synth import DEFECTS, HEADER, compose_sentence, open_espeak, write_demo_corpus
+from forgetting.wordlists import LEXICONS
 
 ROOT = Path(__file__).resolve().parents[2]
 MICRO = {"clips": 24, "speakers": 12, "seed": 0}
@@ -100,7 +101,7 @@ def test_same_seed_same_tsv_other_seed_other_tsv(tmp_path):
 
 def test_clips_are_byte_identical_from_fresh_processes(tmp_path):
     # 12 speakers use all 12 variants, the breathy ones (random noise) included
-    code = "import sys, pathlib, stages.synth as s; s.write_demo_corpus(pathlib.Path(sys.argv[1]), 'de', 12, 12, 0)"
+    code = "import sys, pathlib, forgetting.synth as s; s.write_demo_corpus(pathlib.Path(sys.argv[1]), 'de', 12, 12, 0)"
     for run in ("a", "b"):
         subprocess.run([sys.executable, "-c", code, str(tmp_path / run)], cwd=ROOT, check=True, capture_output=True)
     clips = sorted(p.name for p in (tmp_path / "a" / "de" / "clips").iterdir())

@@ -1,24 +1,30 @@
-"""The thesis results table: experiments from `dvc exp show --json`, bootstrap intervals, Markdown and LaTeX.
+"""Results across experiments: what `dvc exp show --json` holds, which experiments a table shows and in what
+order, and each one's estimates with bootstrap intervals. Rendering is in `forgetting.render`, figures in
+`forgetting.figures`.
 
-Error rates are fractions in the metrics (0.123) and percentages in the table (`12.3`). Intervals are the
-eval stage's 95 % bootstraps (`stages.scoring`), recomputed from the per-utterance predictions where they can
-be read (so `--bootstrap` applies); the forgetting interval is paired: both models on the same resampled
-utterances. With the same seed and resamples the table's intervals equal those in the metrics.
+Error rates are fractions (0.123). Intervals are the eval stage's 95 % bootstraps (`forgetting.scoring`),
+recomputed from the per-utterance predictions where they can be read, with the experiment's own `seed` and
+`eval.bootstrap_samples` unless the report names other resamples; the forgetting interval is paired: both models
+on the same resampled utterances. So by default the table's intervals equal those in each experiment's metrics.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from stages.scoring import SCORE_COLUMNS, ScoringError, UtteranceScore, error_rates, paired_change
+from forgetting.figures import SweepPoint
+from forgetting.layout import LANGUAGES, MODELS, SOURCE, predictions_name
+from forgetting.scoring import Estimate, ScoringError, error_rates, paired_change, read_predictions
 
-LANGS = ("nl", "de")
-MODELS = ("pretrained", "adapted")
-DASH = "–"
+DASH = "–"  # a missing value in a table or label
+
+
+class ResultsError(ValueError):
+    """A request for experiments that do not exist; the message names them and those that do."""
 
 
 @dataclass(frozen=True)
@@ -38,14 +44,6 @@ class Experiment:
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """A fraction (None when missing) and its 95 % interval where one is known."""
-
-    value: float | None
-    interval: tuple[float, float] | None = None
-
-
 # (dotted params key, Markdown header, LaTeX header); λ's scale depends on the Fisher normalisation: keep both
 PARAM_COLUMNS = (
     ("adapt.ewc_lambda", "λ", r"$\lambda$"), ("adapt.method", "method", "method"), ("adapt.lr", "lr", "lr"),
@@ -60,10 +58,16 @@ OPTIONAL_PARAM_COLUMNS = (  # shown only when they vary
 # (column, Markdown header, metrics keys in order of preference), from the eval stage's reports/metrics.json.
 METRIC_COLUMNS = (
     *((f"{model}.{lang}.{rate}", f"{lang} {rate.upper()} {'before' if model == 'pretrained' else 'after'} (%)",
-       (f"{model}.{lang}.{rate}",)) for lang in LANGS for rate in ("wer", "cer") for model in MODELS),
-    ("forgetting", "forgetting nl WER (pp)", ("forgetting.nl.wer",)),
+       (f"{model}.{lang}.{rate}",)) for lang in LANGUAGES for rate in ("wer", "cer") for model in MODELS),
+    ("forgetting", f"forgetting {SOURCE} WER (pp)", (f"forgetting.{SOURCE}.wer",)),
     ("awer", "AWER (%)", ("awer",)),
 )
+
+LAMBDA = "adapt.ewc_lambda"
+# the table's params but λ, in sort order: experiments that share them form one λ sweep
+GROUP_KEYS = tuple(key for key, _, _ in (*PARAM_COLUMNS, *OPTIONAL_PARAM_COLUMNS) if key != LAMBDA)
+SHORT_NAMES = {key: name for key, name, _ in (*PARAM_COLUMNS, *OPTIONAL_PARAM_COLUMNS)}
+Row = dict[str, Estimate]
 
 PredictionSource = Callable[[Experiment, str], str | None]
 """(experiment, file name such as "adapted_nl.tsv") -> the file's text, or None where it cannot be read."""
@@ -109,25 +113,6 @@ def parse_exp_show(records: list[dict[str, Any]], metrics_file: str) -> tuple[li
     return found, notes
 
 
-def read_predictions(text: str, source: str) -> list[UtteranceScore]:
-    """Parse a per-utterance predictions TSV as the eval stage writes it (unquoted, header `SCORE_COLUMNS`)."""
-    reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
-    header = next(reader, None)
-    if tuple(header or ()) != SCORE_COLUMNS:
-        raise ValueError(f"{source}: header must be {list(SCORE_COLUMNS)}, got {header}")
-    scores = []
-    for line, row in enumerate(reader, start=2):
-        try:
-            path, reference, hypothesis, *counts = row
-            scores.append(UtteranceScore(path, reference, hypothesis, *(int(c) for c in counts)))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{source} line {line}: expected {len(SCORE_COLUMNS)} columns ending in 4 integer counts, "
-                             f"got {row!r}") from err
-    if sum(s.ref_words for s in scores) == 0:
-        raise ValueError(f"{source}: no utterances with reference words")
-    return scores
-
-
 def _from_metrics(experiment: Experiment, keys: Sequence[str]) -> Estimate:
     """The first of `keys` the metrics hold, with the interval of its `<key>_ci_low`/`_ci_high` siblings if any."""
     for key in keys:
@@ -138,17 +123,22 @@ def _from_metrics(experiment: Experiment, keys: Sequence[str]) -> Estimate:
     return Estimate(None)
 
 
-def estimate_row(experiment: Experiment, source: PredictionSource, samples: int,
-                 seed: int) -> tuple[dict[str, Estimate], list[str]]:
-    """Every metric column of one experiment; intervals from its predictions (`samples` resamples) where they can
-    be read, else from its metrics; notes on predictions that could not be used."""
+def estimate_row(experiment: Experiment, source: PredictionSource, samples: int | None = None) -> tuple[Row, list[str]]:
+    """Every metric column of one experiment; intervals from its predictions where they can be read, else from
+    its metrics; notes on predictions that could not be used. Resampling uses the experiment's own `seed` and, when
+    `samples` is None, its own `eval.bootstrap_samples`, so the intervals are the ones its eval stage computed."""
     row = {column: _from_metrics(experiment, keys) for column, _, keys in METRIC_COLUMNS}
+    seed = experiment.param("seed")
+    if samples is None:
+        samples = experiment.param("eval.bootstrap_samples")
+    if not isinstance(seed, int) or not isinstance(samples, int):
+        return row, [f"{experiment.name}: no seed or eval.bootstrap_samples in its params; intervals from its metrics"]
     if samples == 0:
         return row, []
     scores, notes = {}, []
     for model in MODELS:
-        for lang in LANGS:
-            column, file = f"{model}.{lang}.wer", f"{model}_{lang}.tsv"
+        for lang in LANGUAGES:
+            column, file = f"{model}.{lang}.wer", predictions_name(model, lang)
             text = source(experiment, file)
             if text is None:
                 continue
@@ -161,33 +151,15 @@ def estimate_row(experiment: Experiment, source: PredictionSource, samples: int,
             row[column] = Estimate(value, (rates["wer_ci_low"], rates["wer_ci_high"]))
     if not scores:
         notes.append(f"{experiment.name}: no per-utterance predictions readable; intervals from its metrics, if any")
-    before, after = scores.get(("pretrained", "nl")), scores.get(("adapted", "nl"))
+    before, after = scores.get((MODELS[0], SOURCE)), scores.get((MODELS[1], SOURCE))
     if before and after:
         try:
             change = paired_change(before, after, samples, seed)
         except ScoringError as err:
-            raise ValueError(f"{experiment.name}: pretrained_nl.tsv against adapted_nl.tsv: {err}; forgetting needs "
-                             "the same test split") from err
+            raise ValueError(f"{experiment.name}: {predictions_name(MODELS[0], SOURCE)} against "
+                             f"{predictions_name(MODELS[1], SOURCE)}: {err}; forgetting needs the same test split") from err
         row["forgetting"] = Estimate(row["forgetting"].value, (change["wer_ci_low"], change["wer_ci_high"]))
     return row, notes
-
-
-def format_percent(fraction: float | None) -> str:
-    """`0.123` -> `12.3`; a non-zero value that would print as 0.0 -> `<0.1` / `>-0.1`; None -> an en dash."""
-    if fraction is None:
-        return DASH
-    text = f"{fraction * 100:.1f}"
-    if text in ("0.0", "-0.0"):
-        return "0.0" if fraction == 0 else ("<0.1" if fraction > 0 else ">-0.1")
-    return text
-
-
-def format_estimate(estimate: Estimate) -> str:
-    """`12.3 [10.9, 13.8]`, or `12.3` without an interval."""
-    if estimate.interval is None or estimate.value is None:
-        return format_percent(estimate.value)
-    low, high = estimate.interval
-    return f"{format_percent(estimate.value)} [{format_percent(low)}, {format_percent(high)}]"
 
 
 def as_number(value: Any) -> float | None:
@@ -200,6 +172,39 @@ def as_number(value: Any) -> float | None:
         return None
 
 
+def select_experiments(experiments: Sequence[Experiment], names: Sequence[str]) -> tuple[list[Experiment], list[str]]:
+    """Those named (by name or rev prefix; all when `names` is empty) in order of their swept params, and notes.
+
+    The workspace is dropped where it repeats another row's params and metrics (as after `dvc repro` + commit)."""
+    unknown = [n for n in names if not any(n == e.name or e.rev.startswith(n) for e in experiments)]
+    if unknown:
+        raise ResultsError(f"--exp {' '.join(unknown)}: no such experiment with metrics "
+                         f"(have: {', '.join(e.name for e in experiments)})")
+    chosen = [e for e in experiments if not names or any(n == e.name or e.rev.startswith(n) for n in names)]
+    notes = []
+    for e in [e for e in chosen if e.rev == "workspace"]:
+        twin = next((o for o in chosen if o is not e and (o.params, o.metrics) == (e.params, e.metrics)), None)
+        if twin is not None:
+            chosen.remove(e)
+            notes.append(f"workspace: same params and metrics as {twin.name}; one row for both")
+
+    def order(e: Experiment) -> tuple[tuple[int, float, str], ...]:
+        values = [(as_number(e.param(key)), e.param(key)) for key in (*GROUP_KEYS, LAMBDA)]
+        return (*((0, n, "") if n is not None else (1, 0.0, str(v)) for n, v in values), (2, 0.0, e.name))
+    return sorted(chosen, key=order), notes
+
+
+def sweep_points(experiments: Sequence[Experiment], rows: Sequence[Row]) -> list[SweepPoint]:
+    """The report figures' view of each experiment: a label with its method and λ, its group (the swept params but
+    λ that differ between the experiments, or "all runs"), its λ as a number, and its row of estimates."""
+    values = [tuple(format_param(e.param(key)) for key in GROUP_KEYS) for e in experiments]
+    varying = [i for i in range(len(GROUP_KEYS)) if len({v[i] for v in values}) > 1]
+    groups = [", ".join(f"{SHORT_NAMES[GROUP_KEYS[i]]} {v[i]}" for i in varying) or "all runs" for v in values]
+    return [SweepPoint(f"{'l2 ' if e.param('adapt.method') == 'l2' else ''}λ={format_param(e.param(LAMBDA))}", group,
+                       as_number(e.param(LAMBDA)), row)
+            for e, row, group in zip(experiments, rows, groups, strict=True)]
+
+
 def format_param(value: Any) -> str:
     """A params value for a table cell or legend: numbers in `%g` (`1e-05`, `0.4`), missing as an en dash."""
     if value is None:
@@ -208,44 +213,13 @@ def format_param(value: Any) -> str:
     return f"{number:g}" if number is not None and not isinstance(value, int) else str(value)
 
 
-def table_columns(experiments: Sequence[Experiment]) -> list[tuple[str, str, str]]:
-    """The params columns for these experiments: the fixed ones, plus each optional one that varies."""
-    varying = [c for c in OPTIONAL_PARAM_COLUMNS if len({format_param(e.param(c[0])) for e in experiments}) > 1]
-    return list(PARAM_COLUMNS) + varying
-
-
-def _cells(experiments: Sequence[Experiment], rows: Sequence[dict[str, Estimate]]) -> tuple[list[str], list[list[str]]]:
-    params = table_columns(experiments)
-    header = ["experiment"] + [md for _, md, _ in params] + [md for _, md, _ in METRIC_COLUMNS]
-    body = [[e.name, *(format_param(e.param(key)) for key, _, _ in params),
-             *(format_estimate(row[column]) for column, _, _ in METRIC_COLUMNS)]
-            for e, row in zip(experiments, rows, strict=True)]
-    return header, body
-
-
-def render_markdown(experiments: Sequence[Experiment], rows: Sequence[dict[str, Estimate]]) -> str:
-    """A GitHub Markdown table, one row per experiment (percentages; intervals in brackets)."""
-    header, body = _cells(experiments, rows)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "--:" for i in range(len(header))) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", r"\|") for cell in row) + " |" for row in body]
-    return "\n".join(lines) + "\n"
-
-
-def latex_escape(text: str) -> str:
-    """Text-mode LaTeX for a table cell: specials escaped, `<`/`>` as symbols, the en dash as `--`."""
-    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-               "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
-               ">": r"\textgreater{}", DASH: "--"}
-    return "".join(special.get(ch, ch) for ch in text)
-
-
-def render_latex(experiments: Sequence[Experiment], rows: Sequence[dict[str, Estimate]]) -> str:
-    """A booktabs `tabular` (`\\usepackage{booktabs}`), one row per experiment; wide: wrap it in `\\resizebox`."""
-    params = table_columns(experiments)
-    header, body = _cells(experiments, rows)
-    latex_header = ["experiment"] + [tex for _, _, tex in params] + [latex_escape(h) for h in header[1 + len(params):]]
-    lines = [r"\begin{tabular}{l" + "c" * len(params) + "r" * len(METRIC_COLUMNS) + "}", r"\toprule",
-             " & ".join(latex_header) + r" \\", r"\midrule"]
-    lines += [" & ".join(latex_escape(cell) for cell in row) + r" \\" for row in body]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+def git_predictions(folder: Path) -> PredictionSource:
+    """Predictions files of an experiment: `git show <rev>:<folder>/<file>`, or the file on disk for the workspace."""
+    def read(experiment: Experiment, file: str) -> str | None:
+        path = folder / file
+        if experiment.rev == "workspace":
+            return path.read_text(encoding="utf-8") if path.is_file() else None
+        shown = subprocess.run(["git", "show", f"{experiment.rev}:./{path.as_posix()}"], capture_output=True,
+                               text=True, encoding="utf-8", check=False)
+        return shown.stdout if shown.returncode == 0 else None
+    return read

@@ -1,8 +1,5 @@
-"""Audio: decoding (soundfile) and resampling (soxr) to 16 kHz, clip paths that cannot leave their clips
-folder, and the clip checks of the validate stage, run over a process pool.
-
-Decoding goes through libsndfile (MP3, FLAC, WAV, Ogg), not the `datasets` Audio feature, which needs
-torchcodec and FFmpeg. Every array here is float32 mono (full scale = 1), shape `(samples,)`.
+"""The clip checks of the validate stage, run over a process pool: every sampled row's clip is decoded whole,
+kept with its duration or rejected with a reason, and the counts must add up.
 
 A clip's duration is the number of samples that actually decode, never the header's claim: libsndfile
 returns a truncated MP3 without an error, just with fewer samples than its Xing header declares, so
@@ -24,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
 from tqdm import tqdm
 
-from stages.corpus import Utterance
-
-TARGET_SR = 16_000  # Hz, what wav2vec2 models expect
+from forgetting.audio import UnsafePathError, safe_clip_path
+from forgetting.corpus import Utterance
+from forgetting.io import atomic_write_text
 
 # Stable reject reasons, the keys of the validate metrics, in the order they are checked.
 REJECT_REASONS = ("unsafe_path", "missing", "unreadable", "empty", "truncated", "too_long", "too_short", "silent")
@@ -37,45 +33,6 @@ REJECT_REASONS = ("unsafe_path", "missing", "unreadable", "empty", "truncated", 
 # A decoder may legitimately differ from the header by the padding of an MP3 frame or two (1152 samples each).
 _TRUNCATION_TOLERANCE_FRAMES = 2 * 1152
 _BLOCK_FRAMES = 65_536  # samples decoded at a time by check_clip, so memory stays bounded whatever the header says
-
-
-class UnsafePathError(ValueError):
-    """A metadata row names a file outside its clips folder."""
-
-
-def decode_audio(path: Path) -> tuple[np.ndarray, int]:
-    """Decode a whole file to float32 mono (channels averaged), shape `(samples,)`, and its rate in Hz."""
-    audio, sr = sf.read(path, dtype="float32", always_2d=True)
-    return audio.mean(axis=1, dtype=np.float32), sr
-
-
-def resample(audio: np.ndarray, sr_in: int, sr_out: int = TARGET_SR) -> np.ndarray:
-    """`audio` (samples,) at `sr_in` Hz resampled to `sr_out` Hz with soxr (high quality); unchanged when equal."""
-    if sr_in == sr_out:
-        return audio
-    return soxr.resample(audio, sr_in, sr_out).astype(np.float32, copy=False)
-
-
-def load_clip_16k(path: Path) -> np.ndarray:
-    """A clip decoded and resampled to 16 kHz float32 mono, shape `(samples,)`."""
-    audio, sr = decode_audio(path)
-    return resample(audio, sr, TARGET_SR)
-
-
-def safe_clip_path(clips_dir: Path, name: str) -> Path:
-    """The real path of `clips_dir / name`, or UnsafePathError when it is not a file name inside `clips_dir`.
-
-    Symlinks are followed before the check, so an absolute name, `..` and a symlink pointing out of the
-    folder are all refused.
-    """
-    root = clips_dir.resolve()
-    try:
-        resolved = (root / name).resolve()
-    except (OSError, RuntimeError, ValueError) as err:  # symlink loop (RuntimeError before 3.13), NUL byte
-        raise UnsafePathError(f"{name!r} cannot be resolved inside {root}: {err}") from err
-    if resolved == root or not resolved.is_relative_to(root):
-        raise UnsafePathError(f"{name!r} resolves outside the clips folder {root}")
-    return resolved
 
 
 @dataclass(frozen=True)
@@ -254,5 +211,4 @@ def write_rejects_tsv(path: Path, rejects: Sequence[Reject]) -> None:
     for r in rejects:
         detail = " ".join(r.detail.split())
         lines.append("\t".join((r.split, r.utterance.path, r.utterance.client_id, r.utterance.sentence, r.reason, detail)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")

@@ -1,8 +1,11 @@
 """Per-utterance squared gradients, Σₙ meanₜ (∂ℓₙₜ/∂θ)² for the losses ℓₙₜ of utterance n and target t: the
 one-at-a-time loop (the reference) and a batched path that gives the same sums from one padded forward.
 
-`torch.func.vmap` and Opacus both fail on transformers' `Wav2Vec2ForCTC` (its in-place masking; see DESIGN.md), so the
-batched path uses *tensor* hooks registered inside forward hooks: a forward hook keeps a module's input and hooks its
+`torch.func.vmap(grad(...))` and Opacus' `GradSampleModule` both fail on transformers' `Wav2Vec2ForCTC`: vmap on the
+attention-mask code (an `index_put_` it cannot batch) and on the built-in CTC loss (`.item()`, data-dependent control
+flow); Opacus with "Output 0 of BackwardHookFunction is a view and is being modified inplace" (the model's in-place
+masking; module full-backward hooks hit the same error). So the batched path uses *tensor* hooks registered inside
+forward hooks: a forward hook keeps a module's input and hooks its
 output; in backward that hook receives the output gradient of every utterance at once, and a closed form turns
 (input, output gradient) into each utterance's parameter gradient, which is squared and summed over the batch at
 once. Covered: `nn.Linear`, `nn.Conv1d` (any stride, padding, dilation, groups; plain weight or `weight_norm`),

@@ -1,4 +1,4 @@
-"""The Dutch and German word lists and sentence templates of the demo corpus (`stages/synth.py` composes them).
+"""The Dutch and German word lists and sentence templates of the demo corpus (`forgetting/synth.py` composes them).
 
 Each language is a `Lexicon`: nouns by grammatical gender, determiners as tables of (article, adjective
 ending) by case and gender, adjectives as (predicative form, attributive stem), verbs in the third person

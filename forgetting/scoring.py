@@ -1,5 +1,6 @@
-"""Scoring: greedy transcription in batches, WER and CER (jiwer) per utterance and per corpus, bootstrap
-confidence intervals, and the continual-learning metrics derived from several models.
+"""Scoring: WER and CER (jiwer) per utterance and per corpus, bootstrap confidence intervals, the
+continual-learning metrics derived from several models, and the per-utterance predictions TSV (written by the
+eval stage, read back by the report).
 
 References are the normalised texts of the split files; hypotheses go through the same `normalise_text`.
 A corpus rate is total errors over total reference units (words; characters, spaces included), which is
@@ -10,20 +11,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import jiwer
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
-from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 
-from stages.corpus import Utterance, normalise_text
-from stages.model import blank_padding_frames, greedy_decode
-from stages.train import CTCCollator, UtteranceDataset
+from forgetting.io import atomic_path
 
 _CHUNK_ENTRIES = 1 << 22  # resampled indices held at once by the bootstrap
 
@@ -48,26 +44,12 @@ class UtteranceScore:
 SCORE_COLUMNS = tuple(f.name for f in dataclasses.fields(UtteranceScore))
 
 
-def transcribe(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, utterances: Sequence[Utterance], clips_dir: Path,
-               batch_size: int, progress: bool = True) -> list[str]:
-    """Greedy CTC hypotheses (normalised) in the order of `utterances`. Batches are formed longest first, so
-    little is padded, and frames past each utterance's end are blanked, so batching does not change a result."""
-    order = sorted(range(len(utterances)), key=lambda i: -(utterances[i].duration_s or 0))
-    loader = DataLoader(UtteranceDataset([utterances[i] for i in order], clips_dir, processor), batch_size=batch_size,
-                        collate_fn=CTCCollator())
-    device = next(model.parameters()).device
-    model.eval()
-    hypotheses: list[str] = []
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc="transcribe", unit="batch", disable=not progress):
-            mask = batch["attention_mask"].to(device)
-            logits = model(batch["input_values"].to(device), attention_mask=mask).logits
-            ids = blank_padding_frames(model, logits, mask).argmax(-1).cpu()
-            hypotheses.extend(normalise_text(h) for h in greedy_decode(ids, processor.tokenizer))
-    in_order = [""] * len(utterances)
-    for position, index in enumerate(order):
-        in_order[index] = hypotheses[position]
-    return in_order
+@dataclass(frozen=True)
+class Estimate:
+    """A fraction (None when missing) and its 95 % interval where one is known."""
+
+    value: float | None
+    interval: tuple[float, float] | None = None
 
 
 def score_utterance(path: str, reference: str, hypothesis: str) -> UtteranceScore:
@@ -172,9 +154,27 @@ def derived_metrics(scores: Mapping[str, Mapping[str, Sequence[UtteranceScore]]]
 
 
 def write_scores_tsv(path: Path, scores: Sequence[UtteranceScore]) -> None:
-    """Per-utterance scores as an unquoted TSV of SCORE_COLUMNS (normalised text holds no tabs)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as f:
+    """Per-utterance scores as an unquoted TSV of SCORE_COLUMNS (normalised text holds no tabs), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
         writer.writerow(SCORE_COLUMNS)
         writer.writerows(dataclasses.astuple(s) for s in scores)
+
+
+def read_predictions(text: str, source: str) -> list[UtteranceScore]:
+    """Parse a per-utterance predictions TSV as the eval stage writes it (unquoted, header `SCORE_COLUMNS`)."""
+    reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(reader, None)
+    if tuple(header or ()) != SCORE_COLUMNS:
+        raise ValueError(f"{source}: header must be {list(SCORE_COLUMNS)}, got {header}")
+    scores = []
+    for line, row in enumerate(reader, start=2):
+        try:
+            path, reference, hypothesis, *counts = row
+            scores.append(UtteranceScore(path, reference, hypothesis, *(int(c) for c in counts)))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source} line {line}: expected {len(SCORE_COLUMNS)} columns ending in 4 integer counts, "
+                             f"got {row!r}") from err
+    if sum(s.ref_words for s in scores) == 0:
+        raise ValueError(f"{source}: no utterances with reference words")
+    return scores

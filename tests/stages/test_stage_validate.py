@@ -9,8 +9,9 @@ import pytest
 import soundfile as sf
 import yaml
 
+from forgetting.corpus import Utterance, read_split_tsv, write_split_tsv
+from forgetting.layout import SPLITS
 from stages import validate
-from stages.corpus import SPLITS, Utterance, read_split_tsv, write_split_tsv
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from forgetting.layout import LANGUAGES
+
 
 class ParamsError(ValueError):
     """A params value that no stage may run with; the message starts with the dotted key."""
@@ -82,8 +84,8 @@ class SampleParams:
         _require(self.min_up_votes >= 0, f"{key}.min_up_votes", f"must be >= 0, got {self.min_up_votes}")
 
     def language(self, lang: str) -> LanguageSample:
-        if lang not in ("nl", "de"):
-            raise ParamsError(f"sample.{lang}: no such language section (have nl, de)")
+        if lang not in LANGUAGES:
+            raise ParamsError(f"sample.{lang}: no such language section (have {', '.join(LANGUAGES)})")
         return getattr(self, lang)
 
 

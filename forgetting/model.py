@@ -1,7 +1,7 @@
 """The CTC model and its processor: a tiny wav2vec2 built from `model.config`, or a checkpoint loaded offline
-and fitted to our vocabulary; the per-run training settings; greedy CTC decoding.
+and fitted to our vocabulary; saving it; the per-run training settings.
 
-Vocabulary conventions (see `stages.corpus.build_vocab`): `[PAD]` = 0 is also the CTC blank, `|` separates
+Vocabulary conventions (see `forgetting.corpus.build_vocab`): `[PAD]` = 0 is also the CTC blank, `|` separates
 words. Every model here computes the CTC loss with `ctc_loss_reduction="mean"` (each utterance's loss is
 divided by its target length, then averaged over the batch) and `ctc_zero_infinity=True`.
 """
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import StrictDataclassError
@@ -27,9 +25,11 @@ from transformers import (
     set_seed,
 )
 
-from stages.audio import TARGET_SR
-from stages.corpus import PAD, UNK, WORD_DELIMITER
-from stages.params import ModelParams, TrainParams
+from forgetting.audio import TARGET_SR
+from forgetting.corpus import PAD, UNK, WORD_DELIMITER
+from forgetting.io import replace_dir, temp_dir
+from forgetting.layout import weights_file
+from forgetting.params import ModelParams, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +118,12 @@ def save_model(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, out_dir: Pat
     Written to `<out_dir>.tmp` first and renamed, so an interrupted save never leaves a half model behind.
     transformers 5 always saves safetensors (there is no `safe_serialization` switch any more).
     """
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_dir(out_dir)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    if not (tmp / "model.safetensors").is_file():
-        raise ModelError(f"{tmp}: save_pretrained wrote no model.safetensors ({sorted(p.name for p in tmp.iterdir())})")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    if not weights_file(tmp).is_file():
+        raise ModelError(f"{tmp}: save_pretrained wrote no {weights_file(tmp).name} ({sorted(p.name for p in tmp.iterdir())})")
+    replace_dir(tmp, out_dir)
 
 
 def apply_training_config(model: Wav2Vec2ForCTC, params: TrainParams) -> None:
@@ -154,21 +152,3 @@ def apply_training_config(model: Wav2Vec2ForCTC, params: TrainParams) -> None:
         del base.masked_spec_embed
     if params.freeze_feature_encoder:
         model.freeze_feature_encoder()
-
-
-def blank_padding_frames(model: Wav2Vec2ForCTC, logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """`logits` (batch, frames, vocab) with every frame past an utterance's end set to predict the blank,
-    so greedy decoding reads each utterance as if it had been decoded alone. `attention_mask` is (batch, samples)."""
-    frames = model._get_feature_vector_attention_mask(logits.shape[1], attention_mask)  # (batch, frames) bool
-    blank = torch.full_like(logits, float("-inf"))
-    blank[..., BLANK_ID] = 0.0
-    return torch.where(frames[..., None], logits, blank)
-
-
-def greedy_decode(pred_ids: np.ndarray | torch.Tensor, tokenizer: Wav2Vec2CTCTokenizer) -> list[str]:
-    """Greedy CTC decoding of argmax ids (batch, frames): repeats collapse, blanks go, `|` becomes a space.
-
-    -100 (the Trainer's padding between batches) counts as blank.
-    """
-    ids = np.asarray(pred_ids)
-    return tokenizer.batch_decode(np.where(ids == -100, BLANK_ID, ids))

@@ -3,7 +3,7 @@
 `write_demo_corpus` writes `<out>/<lang>/validated.tsv` (Common Voice's header, tab-separated, unquoted,
 UTF-8) and `<out>/<lang>/clips/common_voice_<lang>_<n>.mp3` (48 kHz mono MP3). A speaker is one (eSpeak
 voice variant, rate, pitch) combination with its own 128-hex-digit `client_id`; sentences come from
-`stages/wordlists.py`. All draws come from `random.Random(seed, language)`, so the same arguments give a
+`forgetting/wordlists.py`. All draws come from `random.Random(seed, language)`, so the same arguments give a
 byte-identical `validated.tsv`; the clips too, when each call runs in a fresh process (eSpeak carries its
 pitch-flutter phase from one utterance to the next and no API call resets it).
 
@@ -22,7 +22,6 @@ import ctypes
 import functools
 import hashlib
 import io
-import os
 import random
 import re
 import shutil
@@ -35,9 +34,10 @@ import numpy as np
 import soundfile
 import soxr
 
-from stages.wordlists import LEXICONS, Lexicon
+from forgetting.io import atomic_write_text
+from forgetting.layout import CORPUS_METADATA, clips_dir
+from forgetting.wordlists import LEXICONS, Lexicon
 
-LANGUAGES = ("nl", "de")
 HEADER = ("client_id", "path", "sentence_id", "sentence", "sentence_domain", "up_votes", "down_votes", "age", "gender",
           "accents", "variant", "locale", "segment")
 DEFECTS = ("corrupt_clip", "missing_clip", "empty_sentence", "too_long", "down_voted")
@@ -252,9 +252,9 @@ def write_demo_corpus(out: Path, lang: str, clips: int, speakers: int, seed: int
     numbers = rnd.sample(range(10_000_000, 100_000_000), clips)
     planted = dict(zip(rnd.sample(range(clips), len(DEFECTS)), DEFECTS, strict=True))
 
-    root = out / lang
+    root, clip_dir = out / lang, clips_dir(out, lang)
     shutil.rmtree(root, ignore_errors=True)
-    (root / "clips").mkdir(parents=True)
+    clip_dir.mkdir(parents=True)
     espeak = open_espeak()
     rows, defects, audio_s = [], [], 0.0
     next_report = (start := time.monotonic()) + PROGRESS_INTERVAL_S
@@ -278,22 +278,20 @@ def write_demo_corpus(out: Path, lang: str, clips: int, speakers: int, seed: int
             audio = to_clip_rate(samples, espeak.sample_rate_hz)
             audio_s += audio.size / CLIP_RATE_HZ
             data = encode_mp3(audio)
-            (root / "clips" / path).write_bytes(data[:CORRUPT_CLIP_BYTES] if kind == "corrupt_clip" else data)
+            (clip_dir / path).write_bytes(data[:CORRUPT_CLIP_BYTES] if kind == "corrupt_clip" else data)
         rows.append((speaker.client_id, path, hashlib.sha256(sentence.encode()).hexdigest(), sentence, "",
                      str(up_votes), str(down_votes), speaker.age, speaker.gender, speaker.accent, "", lang, ""))
         if kind:
             defects.append(PlantedDefect(kind, path, line=i + 2))
-    _write_tsv_atomically(root / "validated.tsv", rows)
+    _write_metadata(root / CORPUS_METADATA, rows)
     return DemoSummary(lang, root, clips, speakers, audio_s, tuple(defects))
 
 
-def _write_tsv_atomically(path: Path, rows: list[tuple[str, ...]]) -> None:
-    """Common Voice's format: `HEADER`, tab-separated, unquoted, UTF-8, `\\n` line ends."""
+def _write_metadata(path: Path, rows: list[tuple[str, ...]]) -> None:
+    """Atomically, in Common Voice's format: `HEADER`, tab-separated, unquoted, UTF-8, `\\n` line ends."""
     lines = ["\t".join(HEADER)]
     for line, row in enumerate(rows, start=2):
         if any(c in field for field in row for c in "\t\r\n"):
             raise ValueError(f"{path} line {line} ({row[1]}): a field holds a tab or line break")
         lines.append("\t".join(row))
-    partial = path.with_name(f"{path.name}.partial")
-    partial.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
-    os.replace(partial, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")

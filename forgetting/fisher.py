@@ -1,4 +1,5 @@
-"""Elastic weight consolidation: the diagonal Fisher of the source task, its file format, and the penalty.
+"""The diagonal Fisher of the source task: its estimation from per-utterance gradients, its file, and its
+statistics by layer. The penalty that uses it is in `forgetting.penalty`.
 
 Fisher: Fᵢ = (1/N)·Σₙ (∂ℓₙ/∂θᵢ)², per utterance n (never the square of a mini-batch gradient), at the pretrained
 weights, model in eval mode. ℓₙ is the CTC loss training uses, per utterance: divided by the target length when
@@ -6,8 +7,6 @@ weights, model in eval mode. ℓₙ is the CTC loss training uses, per utterance
 divides by 1), not divided when "sum". `kind="empirical"` differentiates the loss of the reference transcript;
 `kind="sampled"` the loss of label sequences drawn from the model's own frame posteriors (the true Fisher's
 Monte-Carlo estimate), averaging the squared gradient over `draws` sequences per utterance.
-
-Penalty: (λ/2)·Σᵢ Fᵢ·(θᵢ − θ*ᵢ)², the ½ included, θ* the pretrained weights; without a Fisher F = 1 (L2).
 """
 
 from __future__ import annotations
@@ -15,7 +14,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import weakref
+import random
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +28,17 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from stages.grad_sample import SquaredGradSampler, accumulate_batched, accumulate_looped, padding_is_safe
+from forgetting.corpus import Utterance
+from forgetting.grad_sample import SquaredGradSampler, accumulate_batched, accumulate_looped, padding_is_safe
+from forgetting.io import atomic_path
 
 IGNORE_INDEX = -100  # label padding, as in transformers' CTC loss
 
 
 @dataclass(frozen=True)
-class Utterance:
-    """One source-language utterance: `input_values` (samples,) float32 16 kHz audio normalised to zero mean and
-    unit variance, unpadded; `labels` (label_len,) int64 vocabulary ids, unpadded."""
+class EncodedUtterance:
+    """One source-language utterance as the model reads it: `input_values` (samples,) float32 16 kHz audio
+    normalised to zero mean and unit variance, unpadded; `labels` (label_len,) int64 vocabulary ids, unpadded."""
 
     input_values: Tensor
     labels: Tensor
@@ -56,10 +58,24 @@ class Fisher:
     scale: float
     ctc_loss_reduction: str
 
+    def summary(self) -> dict[str, object]:
+        """What this Fisher is, for the fisher stage's metrics: its definition, size and largest entry."""
+        return {"kind": self.kind, "samples": self.samples, "draws": self.draws, "normalize": self.normalize,
+                "scale": self.scale, "ctc_loss_reduction": self.ctc_loss_reduction,
+                "entries": sum(t.numel() for t in self.tensors.values()),
+                "max": max(float(t.max()) for t in self.tensors.values())}
+
     def metadata(self, model_sha256: str) -> dict[str, str]:
         """The safetensors metadata of this Fisher for the model whose weights file has this sha256."""
         return {"kind": self.kind, "samples": str(self.samples), "draws": str(self.draws), "normalize": self.normalize,
                 "scale": repr(self.scale), "ctc_loss_reduction": self.ctc_loss_reduction, "model_sha256": model_sha256}
+
+
+def choose_utterances(utterances: Sequence[Utterance], samples: int, seed: int) -> list[Utterance]:
+    """`samples` utterances drawn with `random.Random(seed)`, longest first (so batches hold little padding)."""
+    if len(utterances) < samples:
+        raise ValueError(f"fisher.samples = {samples}, but the split holds only {len(utterances)} utterances")
+    return sorted(random.Random(seed).sample(list(utterances), samples), key=lambda u: -(u.duration_s or 0))
 
 
 def utterance_ctc_losses(model: nn.Module, logits: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
@@ -94,7 +110,7 @@ def sample_ctc_labels(logits: Tensor, blank: int, generator: torch.Generator) ->
     return path[new_run & (path != blank)]
 
 
-def _utterances(batches: Iterable[Mapping[str, Any]], need_labels: bool) -> Iterator[Utterance]:
+def _utterances(batches: Iterable[Mapping[str, Any]], need_labels: bool) -> Iterator[EncodedUtterance]:
     """Unpadded utterances from batch dicts (`input_values` (batch, samples) or (samples,), optional right-padded
     `attention_mask`, `labels` padded with -100)."""
     for index, batch in enumerate(batches):
@@ -113,7 +129,7 @@ def _utterances(batches: Iterable[Mapping[str, Any]], need_labels: bool) -> Iter
             lengths = lengths.tolist()
         for b, length in enumerate(lengths):
             row = labels[b] if labels.numel() else labels.reshape(-1)
-            yield Utterance(audio[b, :length], row[row != IGNORE_INDEX].long())
+            yield EncodedUtterance(audio[b, :length], row[row != IGNORE_INDEX].long())
 
 
 def estimate_fisher(model: nn.Module, batches: Iterable[Mapping[str, Any]], *, kind: Literal["empirical", "sampled"],
@@ -167,7 +183,7 @@ def estimate_fisher(model: nn.Module, batches: Iterable[Mapping[str, Any]], *, k
     return Fisher(tensors, kind, count, draws, normalize, scale, model.config.ctc_loss_reduction)
 
 
-def _accumulate(sampler: SquaredGradSampler, batch: list[Utterance], params: Mapping[str, nn.Parameter], kind: str,
+def _accumulate(sampler: SquaredGradSampler, batch: list[EncodedUtterance], params: Mapping[str, nn.Parameter], kind: str,
                 draws: int, generator: torch.Generator | None) -> int:
     """Add one group of utterances' squared gradients into `sampler.sums`; returns the number of utterances."""
     model = sampler.model
@@ -202,23 +218,17 @@ def _global_statistic(tensors: Iterable[Tensor], normalize: str) -> float:
 
 
 def save_fisher(path: str | os.PathLike[str], fisher: Mapping[str, Tensor], metadata: Mapping[str, str]) -> None:
-    """Write the Fisher tensors and string metadata as safetensors, atomically (temp file, then os.replace).
+    """Write the Fisher tensors and string metadata as safetensors, atomically.
 
     The metadata goes in as one sorted-JSON entry (`"fisher"`): safetensors writes several entries in hash
     order, which changes the file's bytes from run to run and makes DVC re-run adapt for nothing.
     """
-    path = Path(path)
     bad = [key for key, value in metadata.items() if not isinstance(value, str)]
     if bad:
         raise TypeError(f"Fisher metadata values must be str; not for keys {bad}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(Path(path)) as tmp:
         save_file({n: t.detach().float().contiguous().cpu() for n, t in fisher.items()}, tmp,
                   metadata={"fisher": json.dumps(dict(metadata), sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_fisher(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -228,152 +238,30 @@ def load_fisher(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[s
         return {name: f.get_tensor(name) for name in f.keys()}, metadata  # noqa: SIM118
 
 
-def ewc_penalty(params: Mapping[str, Tensor], fisher: Mapping[str, Tensor], anchor: Mapping[str, Tensor],
-                lam: float) -> Tensor:
-    """Reference (λ/2)·Σᵢ Fᵢ·(θᵢ − θ*ᵢ)² over the names in `fisher`, by plain autograd (model-sized temporaries)."""
-    missing = [name for name in fisher if name not in params or name not in anchor]
-    if missing:
-        raise KeyError(f"parameters with a Fisher but no value or anchor: {missing}")
-    total = sum((fisher[n] * (params[n] - anchor[n]).square()).sum() for n in fisher)
-    return 0.5 * lam * torch.as_tensor(total)
+_NUMBERED = re.compile(r"^((?:feature_extractor\.conv_layers|encoder\.layers)\.\d+)\.")
 
 
-class _PenaltyFunction(torch.autograd.Function):
-    """Forward: the penalty value. Backward: queues `EWCPenalty._add_grad` for the end of the backward pass and
-    returns no gradient through autograd, so no model-sized gradient tensor is ever built or returned. The only
-    tensor input is a token that requires grad: it makes autograd call the backward, while the 200-odd parameters
-    travel as a plain list (as inputs they would cost graph edges and saved tensors every micro-batch)."""
-
-    @staticmethod
-    def forward(ctx: Any, token: Tensor, penalty: EWCPenalty, params: list[Tensor]) -> Tensor:
-        ctx.penalty, ctx.params = penalty, params
-        return penalty._value(params)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[None, None, None]:
-        # A Python float lets the gradient go in with one fused op (costs one host sync per backward on a GPU).
-        penalty, params, scale = ctx.penalty, ctx.params, float(grad_output) * ctx.penalty.lam
-        torch.autograd.Variable._execution_engine.queue_callback(lambda: penalty._add_grad(params, scale))
-        return None, None, None
+def layer_of(name: str) -> str:
+    """The layer a parameter belongs to: `wav2vec2.encoder.layers.3.attention.q_proj.weight` -> `encoder.layers.3`,
+    `lm_head.bias` -> `lm_head`, `wav2vec2.encoder.pos_conv_embed.conv.weight_g` -> `encoder.pos_conv_embed`."""
+    name = name.removeprefix("wav2vec2.")
+    numbered = _NUMBERED.match(name)
+    if numbered:
+        return numbered.group(1)
+    modules = name.split(".")[:-1]  # without the parameter's own name
+    return ".".join(modules[:2]) if modules else name
 
 
-class EWCPenalty:
-    """The EWC penalty (λ/2)·Σᵢ Fᵢ·(θᵢ − θ*ᵢ)² (½ included) over every trainable parameter of the model.
-
-    Holds F and θ* once each, copied at construction (θ* = the weights then), in `dtype` (float32, or bfloat16 to
-    halve the memory; θ − θ* is then computed in float32 from the rounded θ*). `fisher=None` uses F = 1 (the L2
-    baseline) and stores no F. λ = 0 runs the same code (value 0, gradient contribution 0). Every trainable
-    parameter needs a Fisher of its shape, and every Fisher name must be a model parameter (a Fisher for a frozen
-    parameter is allowed and unused: θ = θ* there, so its term is 0); anything else raises, naming the parameter.
-
-    `penalty(model)` returns a scalar that requires grad; the training core adds it to the CTC loss of every
-    micro-batch. Its backward adds λ·F·(θ − θ*)·grad_output into each `p.grad` in place (creating it if None) when
-    the backward pass ends, after the CTC gradients have been accumulated, so EWC never makes gradient buffers exist
-    earlier than training does. grad_output carries the loss scaling (fp16 GradScaler) and the Trainer's division by
-    the gradient-accumulation steps, so the penalty is scaled consistently with the CTC loss and counted exactly once
-    per optimiser step (θ does not change within an accumulation cycle, so this is exact). Work is done tensor group
-    by tensor group with `torch._foreach_*` ops in one float32 workspace the size of the largest parameter tensor,
-    allocated once: with a float32 F nothing is allocated per step (fresh temporaries cost more than the arithmetic
-    on a CPU; a bfloat16 F is widened one tensor at a time) and nothing model-sized is saved for backward. Use it
-    with `.backward()` (as the Trainer does), not `torch.autograd.grad`, double backward or DistributedDataParallel:
-    the gradient is written outside autograd's accumulation, which those never see.
-    """
-
-    def __init__(self, model: nn.Module, fisher: Mapping[str, Tensor] | None, lam: float,
-                 dtype: torch.dtype = torch.float32) -> None:
-        if not lam >= 0 or lam == float("inf"):
-            raise ValueError(f"lam must be finite and >= 0, got {lam}")
-        if dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
-        all_params = dict(model.named_parameters())
-        trainable = {n: p for n, p in all_params.items() if p.requires_grad}
-        if not trainable:
-            raise ValueError("model has no parameter with requires_grad=True: nothing to anchor")
-        self.lam, self.names = float(lam), list(trainable)
-        fishers: list[Tensor] = []
-        if fisher is not None:
-            unknown = [n for n in fisher if n not in all_params]
-            missing = [n for n in trainable if n not in fisher]
-            if unknown or missing:
-                raise KeyError(f"Fisher does not match the model: not model parameters {unknown}; "
-                               f"trainable parameters without a Fisher {missing}")
-            for name, p in trainable.items():
-                if fisher[name].shape != p.shape:
-                    raise ValueError(f"Fisher of {name} has shape {tuple(fisher[name].shape)}, parameter {tuple(p.shape)}")
-                if not bool(torch.isfinite(fisher[name]).all()) or bool((fisher[name] < 0).any()):
-                    raise ValueError(f"Fisher of {name} has negative or non-finite entries")
-                fishers.append(fisher[name].detach().to(device=p.device, dtype=dtype, copy=True))
-        anchors = [p.detach().to(dtype, copy=True) for p in trainable.values()]
-        # Groups of consecutive tensors, each no larger in total than the largest tensor: the temporaries' bound.
-        budget, self._index_groups, size = max(a.numel() for a in anchors), [[]], 0
-        for i, anchor in enumerate(anchors):
-            if size + anchor.numel() > budget:
-                self._index_groups.append([])
-                size = 0
-            self._index_groups[-1].append(i)
-            size += anchor.numel()
-        self._anchor_groups = [[anchors[i] for i in index] for index in self._index_groups]
-        self._fisher_groups = [[fishers[i] for i in index] if fishers else [] for index in self._index_groups]
-        self._workspace = torch.empty(budget, dtype=torch.float32, device=anchors[0].device)
-        self._token = torch.zeros((), device=anchors[0].device, requires_grad=True)
-        self._model: weakref.ReferenceType[nn.Module] | None = None
-        self._params: list[Tensor] = []
-
-    def held_bytes(self) -> int:
-        """Bytes held by this object: F, θ* and the float32 workspace (the size of the largest parameter tensor)."""
-        tensors = [t for group in self._anchor_groups + self._fisher_groups for t in group] + [self._workspace]
-        return sum(t.numel() * t.element_size() for t in tensors)
-
-    def __call__(self, model: nn.Module) -> Tensor:
-        """The penalty at the model's current weights: a scalar (float32) that requires grad."""
-        if self._model is None or self._model() is not model:  # resolve names once per model object
-            found = dict(model.named_parameters())
-            missing = [n for n in self.names if n not in found]
-            if missing:
-                raise KeyError(f"model lacks anchored parameters {missing}")
-            self._model, self._params = weakref.ref(model), [found[n] for n in self.names]
-        frozen = [n for n, p in zip(self.names, self._params, strict=True) if not p.requires_grad]
-        if frozen:
-            raise ValueError(f"anchored parameters were frozen after the penalty was built: {frozen}")
-        device = self._params[0].device
-        if self._token.device != device:  # the Trainer moved the model after construction
-            self._token = self._token.to(device).requires_grad_(True)
-            self._anchor_groups = [[t.to(device) for t in group] for group in self._anchor_groups]
-            self._fisher_groups = [[t.to(device) for t in group] for group in self._fisher_groups]
-            self._workspace = self._workspace.to(device)
-        return _PenaltyFunction.apply(self._token, self, self._params)
-
-    def _diffs(self, index: Sequence[int], anchors: Sequence[Tensor], params: Sequence[Tensor]) -> list[Tensor]:
-        """θ − θ* (float32) for one group, written into views of the workspace."""
-        diffs, offset = [], 0
-        for i, anchor in zip(index, anchors, strict=True):
-            p = params[i]
-            diffs.append(torch.sub(p, anchor, out=self._workspace[offset:offset + p.numel()].view(p.shape)))
-            offset += p.numel()
-        return diffs
-
-    def _value(self, params: Sequence[Tensor]) -> Tensor:
-        """(λ/2)·Σ F·(θ − θ*)², a float32 scalar; runs without grad (inside the autograd Function)."""
-        sums: list[Tensor] = []
-        for index, anchors, fishers in zip(self._index_groups, self._anchor_groups, self._fisher_groups, strict=True):
-            diffs = self._diffs(index, anchors, params)
-            torch._foreach_mul_(diffs, diffs)
-            if fishers:  # one multiply-and-sum per tensor, nothing written (dot wants one dtype: bfloat16 F widened)
-                sums.extend(torch.dot(d.view(-1), f.view(-1).float()) for d, f in zip(diffs, fishers, strict=True))
-            else:
-                sums.extend(torch._foreach_norm(diffs, 1))  # entries are ≥ 0: the L1 norm is the sum
-        return torch.stack(sums).sum() * (0.5 * self.lam)
-
-    def _add_grad(self, params: Sequence[Tensor], scale: float) -> None:
-        """p.grad += scale·F·(θ − θ*) for every anchored parameter (scale = λ·grad_output)."""
-        with torch.no_grad():
-            for index, anchors, fishers in zip(self._index_groups, self._anchor_groups, self._fisher_groups, strict=True):
-                group = [params[i] for i in index]
-                for p in group:
-                    if p.grad is None:  # a parameter the loss does not reach
-                        p.grad = torch.zeros_like(p)
-                diffs = self._diffs(index, anchors, params)
-                if fishers:
-                    torch._foreach_addcmul_([p.grad for p in group], diffs, fishers, value=scale)
-                else:
-                    torch._foreach_add_([p.grad for p in group], diffs, alpha=scale)
+def fisher_by_layer(fisher: Mapping[str, Tensor]) -> dict[str, dict[str, float]]:
+    """Per layer, in model order: entries, sum, mean and max of the Fisher, and its share of the total sum."""
+    layers: dict[str, dict[str, float]] = {}
+    for name, tensor in fisher.items():
+        stats = layers.setdefault(layer_of(name), {"entries": 0, "sum": 0.0, "max": 0.0})
+        stats["entries"] += tensor.numel()
+        stats["sum"] += float(tensor.double().sum())
+        stats["max"] = max(stats["max"], float(tensor.max()))
+    total = sum(s["sum"] for s in layers.values()) or 1.0
+    for stats in layers.values():
+        stats["mean"] = stats["sum"] / stats["entries"]
+        stats["share"] = stats["sum"] / total
+    return layers

@@ -1,5 +1,5 @@
-"""Common Voice metadata: reading `validated.tsv`, the one text normaliser, metadata filters, seeded
-speaker-disjoint splits, and the character vocabulary.
+"""Common Voice metadata: reading `validated.tsv`, the one text normaliser, metadata filters and the seeded
+sample, speaker-disjoint splits, the split TSVs, and the character vocabulary.
 
 Common Voice writes its TSVs tab-separated and unquoted: a sentence may hold a raw `"`, so every TSV here
 is read and written with `csv.QUOTE_NONE`. Older releases lack some columns; only `REQUIRED_COLUMNS` must
@@ -9,16 +9,17 @@ be present.
 from __future__ import annotations
 
 import csv
-import json
 import random
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from forgetting.io import atomic_write_text
+
 REQUIRED_COLUMNS = ("client_id", "path", "sentence", "up_votes", "down_votes")
-SPLITS = ("train", "dev", "test")
 
 # Special tokens of the CTC vocabulary. [PAD] has id 0 and doubles as the CTC blank.
 PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"
@@ -94,14 +95,13 @@ SPLIT_COLUMNS = ("path", "client_id", "sentence", "text")
 def write_split_tsv(path: Path, utterances: Iterable[Utterance], extra: Sequence[str] = ()) -> None:
     """Write our own split files: `SPLIT_COLUMNS` plus `extra` attribute columns (e.g. `duration_s`)."""
     columns = (*SPLIT_COLUMNS, *extra)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["\t".join(columns)]
     for u in utterances:
         fields = [str(getattr(u, c)) for c in columns]
         if any("\t" in f or "\n" in f or "\r" in f for f in fields):
             raise CorpusError(f"{path}: {u.path} (line {u.line} of its source): a field holds a tab or line break")
         lines.append("\t".join(fields))
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def read_split_tsv(path: Path) -> list[Utterance]:
@@ -129,6 +129,30 @@ def metadata_reject_reason(u: Utterance, alphabet: str, min_up_votes: int) -> st
     if set(u.text) - set(alphabet) - {" "}:
         return "chars_outside_alphabet"
     return None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The rows that passed the metadata filters, the seeded sample drawn from them, and the drops by reason."""
+
+    passed: list[Utterance]
+    sampled: list[Utterance]
+    dropped: Counter[str]
+
+
+def filter_and_sample(rows: Sequence[Utterance], alphabet: str, min_up_votes: int, n: int, seed: str) -> Sample:
+    """The rows that pass `metadata_reject_reason`, in file order, and `n` of them drawn with `random.Random(seed)`
+    (all of them, in file order, when no more than `n` pass)."""
+    dropped: Counter[str] = Counter()
+    passed = []
+    for row in rows:
+        reason = metadata_reject_reason(row, alphabet, min_up_votes)
+        if reason:
+            dropped[reason] += 1
+        else:
+            passed.append(row)
+    sampled = passed if len(passed) <= n else random.Random(seed).sample(passed, n)
+    return Sample(passed, sampled, dropped)
 
 
 def split_by_speaker(utterances: Sequence[Utterance], fractions: dict[str, float], seed: int) -> dict[str, list[Utterance]]:
@@ -160,9 +184,3 @@ def build_vocab(texts: Iterable[str]) -> dict[str, int]:
     """The CTC vocabulary in `Wav2Vec2CTCTokenizer`'s format: [PAD]=0 (the blank), [UNK], `|`, then letters."""
     letters = sorted({c for text in texts for c in text} - {" "})
     return {token: i for i, token in enumerate([PAD, UNK, WORD_DELIMITER, *letters])}
-
-
-def write_json(path: Path, obj: object) -> None:
-    """Pretty, stable JSON (sorted keys) so git diffs of metrics stay readable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")

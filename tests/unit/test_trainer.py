@@ -1,30 +1,20 @@
-"""The training core on real eSpeak clips: the dataset and collator, loss falling, the regulariser hook, and
-resume / repeat determinism of short CPU runs."""
+"""The training core on real eSpeak clips: loss falling, the regulariser hook, and resume / repeat determinism of
+short CPU runs."""
 
 import csv
 import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from stages.audio import load_clip_16k
-from stages.corpus import Utterance
-from stages.ewc import EWCPenalty
-from stages.model import build_model, build_processor
-from stages.params import load_params
-from stages.train import (
-    CTCCollator,
-    LengthGroupedEpochSampler,
-    TrainDataError,
-    UtteranceDataset,
-    last_checkpoint,
-    run_key,
-    train_ctc,
-)
+from forgetting.model import build_model, build_processor
+from forgetting.params import load_params
+from forgetting.penalty import EWCPenalty
+from forgetting.resume import last_checkpoint
+from forgetting.trainer import train_ctc
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = load_params(ROOT / "params.yaml")
@@ -51,64 +41,6 @@ def curve(reports: Path, name: str) -> dict[int, float]:
     """A dvclive metric history (step -> value)."""
     with open(reports / "plots" / "metrics" / f"{name}.tsv", encoding="utf-8") as f:
         return {int(row["step"]): float(row[name.split("/")[-1]]) for row in csv.DictReader(f, delimiter="\t")}
-
-
-def test_dataset_decodes_lazily_and_normalises(corpus, monkeypatch):
-    decoded = []
-    monkeypatch.setattr("stages.train.load_clip_16k", lambda path: decoded.append(path.name) or load_clip_16k(path))
-    processor = build_processor(corpus.vocab)
-    dataset = UtteranceDataset(corpus.utterances[:3], corpus.clips_dir, processor)
-    assert dataset.lengths == [round(u.duration_s * 16_000) for u in corpus.utterances[:3]] and decoded == []
-    item = dataset[1]
-    assert decoded == [corpus.utterances[1].path]
-    assert len(item["input_values"]) == dataset.lengths[1]
-    assert item["input_values"].dtype == np.float32
-    assert abs(item["input_values"].mean()) < 1e-3 and abs(item["input_values"].std() - 1) < 1e-2
-    text = corpus.utterances[1].text
-    assert processor.tokenizer.decode(item["labels"], group_tokens=False) == text
-    assert item["labels"].count(processor.tokenizer.convert_tokens_to_ids("|")) == text.count(" ")
-    with pytest.raises(TrainDataError, match=r"line 7 \(x\.mp3\): no duration_s"):
-        UtteranceDataset([Utterance("c", "x.mp3", "Een", "een", line=7)], corpus.clips_dir, processor)
-
-
-def test_collator_pads_audio_and_labels_separately():
-    items = [{"input_values": np.ones(5, np.float32), "labels": [3, 4]},
-             {"input_values": np.full(3, 2.0, np.float32), "labels": [5, 6, 7, 8]}]
-    batch = CTCCollator()(items)
-    assert batch["input_values"].tolist() == [[1, 1, 1, 1, 1], [2, 2, 2, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
-    assert batch["labels"].tolist() == [[3, 4, -100, -100], [5, 6, 7, 8]]
-    assert batch["input_values"].dtype == torch.float32 and batch["labels"].dtype == torch.long
-
-
-def test_sampler_groups_by_length_and_reshuffles_per_epoch():
-    lengths = list(range(100, 0, -1))
-    sampler = LengthGroupedEpochSampler(lengths, batch_size=4, seed=3)
-    first = list(sampler)
-    assert sorted(first) == list(range(100)) and first == list(sampler)
-    sampler.set_epoch(1)
-    assert list(sampler) != first
-    spreads = [np.ptp([lengths[i] for i in first[b:b + 4]]) for b in range(0, 100, 4)]
-    assert np.median(spreads) < 30  # sorted within mega-batches of 24; a random batch of 4 spreads ~60
-
-
-def test_run_key_covers_config_and_file_contents(tmp_path):
-    data = tmp_path / "train.tsv"
-    data.write_text("a")
-    key = run_key({"lr": 1.0}, [data])
-    assert key == run_key({"lr": 1.0}, [data]) and len(key) == 64
-    assert key != run_key({"lr": 2.0}, [data])
-    data.write_text("b")
-    assert key != run_key({"lr": 1.0}, [data])
-
-
-def test_last_checkpoint_is_the_newest_complete_one(tmp_path):
-    for step, complete in ((3, True), (12, True), (15, False)):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        if complete:
-            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-12"
-    assert last_checkpoint(tmp_path / "absent") is None
 
 
 def test_overfitting_four_clips_lowers_the_loss(corpus, tmp_path):

@@ -1,0 +1,24 @@
+"""The curve names: every curve the figures and dvc.yaml read is what the trainer's log keys become."""
+
+from forgetting.curves import CURVES, TRAIN_PENALTY, curve_file, live_metric, log_key, read_curve
+
+
+def test_every_curve_is_a_plotted_dvclive_metric_of_its_log_key():
+    for curve in CURVES:
+        assert live_metric(log_key(curve)) == (curve, True)
+
+
+def test_trainer_keys_for_timings_and_totals_get_no_curve():
+    assert live_metric("loss") == ("train/loss", True)
+    assert live_metric("train_loss") == ("train/mean_loss", False)
+    for key in ("train_runtime", "train_samples_per_second", "eval_runtime", "epoch", "total_flos"):
+        assert live_metric(key)[1] is False, key
+
+
+def test_read_curve_of_a_written_and_a_missing_curve(tmp_path):
+    path = curve_file(tmp_path / "adapt", TRAIN_PENALTY)
+    assert path == tmp_path / "adapt" / "plots" / "metrics" / "train" / "penalty.tsv"
+    path.parent.mkdir(parents=True)
+    path.write_text("timestamp\tstep\tpenalty\n1\t10\t0.5\n2\t20\t0.25\n")
+    assert read_curve(tmp_path / "adapt", TRAIN_PENALTY) == ([10, 20], [0.5, 0.25])
+    assert read_curve(tmp_path / "pretrain", TRAIN_PENALTY) == ([], [])

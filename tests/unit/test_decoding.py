@@ -1,0 +1,79 @@
+"""Greedy CTC decoding on a real tiny model: repeats and blanks, padded frames, a predicted [UNK], and batched
+transcription equal to one at a time and to the Trainer's dev scores."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from forgetting.corpus import normalise_text
+from forgetting.decoding import blank_padding_frames, greedy_decode, transcribe
+from forgetting.model import (
+    BLANK_ID,
+    build_model,
+    build_processor,
+    load_trained,
+)
+from forgetting.params import load_params
+from forgetting.scoring import error_rates, score_utterance
+from forgetting.trainer import train_ctc
+from tests.unit.tiny import audio_batch
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS = load_params(ROOT / "params.yaml")
+def test_greedy_decode_collapses_repeats_and_drops_blanks(processor):
+    vocab = processor.tokenizer.get_vocab()
+    h, e, t, bar = vocab["h"], vocab["e"], vocab["t"], vocab["|"]
+    ids = np.array([
+        [h, h, e, BLANK_ID, e, t, t, bar, bar, t, -100, -100],  # "he" + "et", word break, "t"; -100 = padding
+        [BLANK_ID, t, BLANK_ID, t, BLANK_ID, BLANK_ID, bar, BLANK_ID, h, -100, -100, -100],
+    ])
+    assert greedy_decode(ids, processor.tokenizer) == ["heet t", "tt h"]
+
+
+def test_a_predicted_unk_is_dropped_not_scored_as_a_word(processor):
+    vocab = processor.tokenizer.get_vocab()
+    s, t, unk, bar, e = vocab["s"], vocab["t"], vocab["[UNK]"], vocab["|"], vocab["e"]
+    ids = np.array([[s, t, unk, s, bar, e, e, BLANK_ID, e, bar, unk]])  # "st?s ee ?"
+    (hypothesis,) = greedy_decode(ids, processor.tokenizer)
+    assert normalise_text(hypothesis) == "sts ee"  # not "st unk s ee unk": one word is scored as one word
+
+
+def test_padded_frames_decode_as_blank(params, processor):
+    model = build_model(params.model, len(processor.tokenizer), seed=0).eval()
+    values, mask = audio_batch()
+    with torch.no_grad():
+        batch = blank_padding_frames(model, model(values, attention_mask=mask).logits, mask)
+        alone = model(values[1:, :9_600]).logits
+    frames = alone.shape[1]
+    assert torch.allclose(batch[1, :frames], alone[0], atol=1e-4)
+    assert (batch[1, frames:].argmax(-1) == BLANK_ID).all()
+    assert torch.equal(batch[0].argmax(-1), model(values[:1]).logits[0].argmax(-1))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus):
+    """A tiny model after one optimiser step (near its random init, so it emits many characters), its dev
+    utterances and the dev scores the Trainer reported for it."""
+    root = tmp_path_factory.mktemp("scoring")
+    clips_dir, utterances = corpus.clips_dir, corpus.utterances
+    processor = build_processor(corpus.vocab)
+    params = dataclasses.replace(PARAMS.pretrain, max_steps=1, eval_steps=1, batch_size=4, effective_batch_size=4,
+                                 lr=1e-6, dataloader_workers=0)
+    model = build_model(PARAMS.model, len(processor.tokenizer), seed=0)
+    result = train_ctc(model, processor, utterances[:4], utterances[4:], clips_dir, params, "score", 0, root / "model",
+                       root / "reports", root / "checkpoints", "s" * 64)
+    return root / "model", clips_dir, utterances[4:], result
+
+
+def test_batched_transcription_matches_the_trainers_dev_scores(trained):
+    model_dir, clips_dir, dev, result = trained
+    model, processor = load_trained(model_dir)
+    one_by_one = transcribe(model, processor, dev, clips_dir, batch_size=1, progress=False)
+    batched = transcribe(model, processor, dev, clips_dir, batch_size=3, progress=False)
+    assert batched == one_by_one
+    assert sum(len(h) for h in batched) > 0  # a near-random model emits characters, so this compares something
+    rates = error_rates([score_utterance(u.path, u.text, h) for u, h in zip(dev, batched, strict=True)])
+    assert (rates["wer"], rates["cer"]) == pytest.approx((result.best_dev_wer, result.best_dev_cer))
