@@ -82,7 +82,7 @@ def main() -> None:
         workers = sorted({0, train_params.dataloader_workers})
         loading = {str(w): round(loading_rate(sample, train_params.batch_size, w), 1) for w in workers}
 
-        model = build_model(params.model, len(processor.tokenizer), params.seed)
+        model = build_model(params.model, processor.tokenizer.get_vocab(), params.seed)
         start = time.perf_counter()
         result = train_ctc(model, processor, train, dev, clips_dir, train_params, "bench", params.seed, tmp / "model",
                            tmp / "reports", tmp / "checkpoints", "bench" * 13)

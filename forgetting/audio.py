@@ -12,10 +12,12 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from forgetting.errors import InputError
+
 TARGET_SR = 16_000  # Hz, what wav2vec2 models expect
 
 
-class UnsafePathError(ValueError):
+class UnsafePathError(InputError):
     """A metadata row names a file outside its clips folder."""
 
 

@@ -15,21 +15,22 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from forgetting.audio import TARGET_SR, load_clip_16k, safe_clip_path
 from forgetting.corpus import WORD_DELIMITER, Utterance
+from forgetting.errors import InputError
 
 LABEL_PAD = -100  # ignored by the CTC loss
 
 
-class TrainDataError(ValueError):
+class TrainDataError(InputError):
     """Training data the core cannot use; the message names the row."""
 
 
 class UtteranceDataset(Dataset):
     """Utterances whose clips are decoded only when an item is read (in DataLoader workers).
 
-    An item is `{"input_values": float32 (samples,), "labels": list[int]}`: the 16 kHz clip normalised per
-    utterance by the processor's feature extractor (zero mean, unit variance), and the tokenizer ids of the
-    normalised text, spaces as `|`. `lengths` (samples) come from the `duration_s` column, so length
-    grouping decodes nothing.
+    An item is `{"input_values": float32 (samples,), "labels": list[int], "path": str}`: the 16 kHz clip normalised
+    per utterance by the processor's feature extractor (zero mean, unit variance), the tokenizer ids of the
+    normalised text (spaces as `|`), and the clip's name in the metadata. `lengths` (samples) come from the
+    `duration_s` column, so length grouping decodes nothing.
     """
 
     def __init__(self, utterances: Sequence[Utterance], clips_dir: Path, processor: Wav2Vec2Processor):
@@ -49,13 +50,14 @@ class UtteranceDataset(Dataset):
         audio = load_clip_16k(safe_clip_path(self.clips_dir, u.path))
         input_values = self.processor.feature_extractor(audio, sampling_rate=TARGET_SR)["input_values"][0]
         labels = self.processor.tokenizer(u.text.replace(" ", WORD_DELIMITER))["input_ids"]
-        return {"input_values": input_values, "labels": labels}
+        return {"input_values": input_values, "labels": labels, "path": u.path}
 
 
 @dataclass(frozen=True)
 class CTCCollator:
     """Pads a list of `UtteranceDataset` items: audio with `padding_value` into `input_values` (batch, samples)
-    plus `attention_mask` (batch, samples; 1 = real sample), labels with -100 into `labels` (batch, tokens)."""
+    plus `attention_mask` (batch, samples; 1 = real sample), labels with -100 into `labels` (batch, tokens); the
+    clips' names, where the items have them, as `paths` (so a bad batch can be named)."""
 
     padding_value: float = 0.0
 
@@ -70,7 +72,10 @@ class CTCCollator:
             input_values[row, : len(audio)] = torch.from_numpy(np.asarray(audio, dtype=np.float32))
             attention_mask[row, : len(audio)] = 1
             labels[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return {"input_values": input_values, "attention_mask": attention_mask, "labels": labels}
+        batch = {"input_values": input_values, "attention_mask": attention_mask, "labels": labels}
+        if all("path" in item for item in items):
+            batch["paths"] = [item["path"] for item in items]
+        return batch
 
 
 class LengthGroupedEpochSampler(Sampler[int]):

@@ -9,6 +9,8 @@ be present.
 from __future__ import annotations
 
 import csv
+import io
+import math
 import random
 import re
 import unicodedata
@@ -17,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from forgetting.errors import REBUILD, InputError
 from forgetting.io import atomic_write_text
 
 REQUIRED_COLUMNS = ("client_id", "path", "sentence", "up_votes", "down_votes")
@@ -30,7 +33,7 @@ _STRAY_APOSTROPHE = re.compile(r"(?<![^\W\d_])'|'(?![^\W\d_])")  # not between t
 _SPACES = re.compile(r"\s+")
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """A metadata file that cannot be read as Common Voice writes it; the message names file and line."""
 
 
@@ -51,22 +54,33 @@ class Utterance:
 def normalise_text(sentence: str) -> str:
     """The normalisation applied to training targets, the vocabulary, and references and hypotheses.
 
-    Unicode NFC, lower-case; typographic apostrophes become `'`, and an apostrophe survives only between
-    two letters (`zo'n`, `geht's`; `'s avonds` becomes `s avonds`); hyphens and dashes separate words; every
-    other punctuation mark or symbol is removed; runs of whitespace become one space. Digits are kept, so
-    that the alphabet filter can reject them (a spoken number has no single spelling).
+    Lower-case, then Unicode NFC (lower-casing can decompose: `İ` becomes `i` + a combining dot); formatting
+    characters (category Cf: soft hyphen, zero-width space and joiner, BOM) are deleted, so `Versiche\u00adrung`
+    stays one word; a combining mark stays on its letter (the alphabet filter then decides). Typographic
+    apostrophes become `'`, and an apostrophe survives only between two letters (`zo'n`, `geht's`; `'s avonds`
+    becomes `s avonds`); hyphens and dashes separate words; every other punctuation mark or symbol is removed;
+    runs of whitespace become one space. Digits are kept, so that the alphabet filter can reject them (a spoken
+    number has no single spelling).
     """
-    text = unicodedata.normalize("NFC", sentence).lower().translate(_APOSTROPHES)
+    text = unicodedata.normalize("NFC", sentence.lower()).translate(_APOSTROPHES)
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
     text = _DASHES.sub(" ", text)
-    text = "".join(c if c.isalnum() or c.isspace() or c == "'" else " " for c in text)
+    text = "".join(c if c.isalnum() or c.isspace() or c == "'" or unicodedata.category(c).startswith("M") else " "
+                   for c in text)
     text = _STRAY_APOSTROPHE.sub("", text)
     return _SPACES.sub(" ", text).strip()
 
 
 def read_corpus_tsv(path: Path) -> list[Utterance]:
     """Every row of a Common Voice metadata file (BOM and CRLF tolerated), normalised, in file order."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError as err:
+        line = Path(path).read_bytes()[: err.start].count(b"\n") + 1
+        raise CorpusError(f"{path} line {line}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except csv.Error as err:
+        raise CorpusError(f"{path}: not a tab-separated metadata file ({err})") from err
     if not rows:
         raise CorpusError(f"{path}: empty file, expected a header with {', '.join(REQUIRED_COLUMNS)}")
     header = rows[0]
@@ -105,17 +119,41 @@ def write_split_tsv(path: Path, utterances: Iterable[Utterance], extra: Sequence
 
 
 def read_split_tsv(path: Path) -> list[Utterance]:
-    """Read a file written by `write_split_tsv`."""
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    """Read a file written by `write_split_tsv`: its header, rows of as many fields, a final line break. An empty,
+    cut or foreign file raises CorpusError naming the file and the line, and what to run."""
     try:
-        return [
-            Utterance(r["client_id"], r["path"], r["sentence"], r["text"], line=i,
-                      duration_s=float(r["duration_s"]) if r.get("duration_s") else None)
-            for i, r in enumerate(rows, start=2)
-        ]
-    except (KeyError, ValueError) as err:
-        raise CorpusError(f"{path}: not a split file with columns {SPLIT_COLUMNS}: {err}") from err
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CorpusError(f"{path}: cannot be read as UTF-8 text ({err}); {REBUILD}") from err
+    if not text:
+        raise CorpusError(f"{path}: empty file, expected a header {list(SPLIT_COLUMNS)}; {REBUILD}")
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
+    except csv.Error as err:
+        raise CorpusError(f"{path}: not a tab-separated split file ({err}); {REBUILD}") from err
+    header, extra = rows[0], rows[0][len(SPLIT_COLUMNS):]
+    if tuple(header[: len(SPLIT_COLUMNS)]) != SPLIT_COLUMNS or extra not in ([], ["duration_s"]):
+        raise CorpusError(f"{path} line 1: header {header}, expected {list(SPLIT_COLUMNS)} [+ duration_s]: not a split "
+                          f"file of this pipeline; {REBUILD}")
+    if not text.endswith("\n"):
+        raise CorpusError(f"{path} line {len(rows)}: the file ends inside a row (cut short); {REBUILD}")
+    utterances = []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise CorpusError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}; {REBUILD}")
+        fields = dict(zip(header, row, strict=True))
+        duration_s = None
+        if extra:
+            try:
+                duration_s = float(fields["duration_s"])
+            except ValueError:
+                duration_s = float("nan")
+            if not (math.isfinite(duration_s) and duration_s > 0):
+                raise CorpusError(f"{path} line {line} ({fields['path']}): duration_s {fields['duration_s']!r} is not a "
+                                  f"positive number of seconds; {REBUILD}")
+        utterances.append(Utterance(fields["client_id"], fields["path"], fields["sentence"], fields["text"], line=line,
+                                    duration_s=duration_s))
+    return utterances
 
 
 def metadata_reject_reason(u: Utterance, alphabet: str, min_up_votes: int) -> str | None:

@@ -13,6 +13,8 @@ from pathlib import Path
 from dvclive.utils import standardize_metric_name
 from transformers.integrations import DVCLiveCallback
 
+from forgetting.io import atomic_write_text
+
 TRAIN_LOSS = "train/loss"  # CTC + penalty, as the optimiser sees it
 TRAIN_CTC_LOSS = "train/ctc_loss"
 TRAIN_PENALTY = "train/penalty"  # (λ/2)·Σ F·(θ−θ*)², adapt only
@@ -54,6 +56,20 @@ def read_curve(live_dir: Path, curve: str) -> tuple[list[int], list[float]]:
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     return [int(r["step"]) for r in rows], [float(r[column]) for r in rows]
+
+
+def truncate_curves(live_dir: Path, last_step: int) -> int:
+    """Drop every curve point after `last_step` (a run resumed from that checkpoint logs those steps again), each file
+    rewritten atomically; returns the number of points dropped."""
+    dropped = 0
+    for path in sorted((Path(live_dir) / "plots" / "metrics").rglob("*.tsv")):
+        header, *rows = path.read_text(encoding="utf-8").splitlines()
+        step = header.split("\t").index("step")
+        kept = [row for row in rows if int(row.split("\t")[step]) <= last_step]
+        if len(kept) < len(rows):
+            dropped += len(rows) - len(kept)
+            atomic_write_text(path, "\n".join([header, *kept]) + "\n")
+    return dropped
 
 
 class DVCLiveCurves(DVCLiveCallback):

@@ -23,14 +23,20 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from forgetting.corpus import Utterance
+from forgetting.errors import InputError
 from forgetting.grad_sample import SquaredGradSampler, accumulate_batched, accumulate_looped, padding_is_safe
-from forgetting.io import atomic_path
+from forgetting.io import atomic_path, file_sha256
+
+
+class FisherError(InputError):
+    """A Fisher file that cannot be used: cut, foreign, or of another model or parameter set."""
+
 
 IGNORE_INDEX = -100  # label padding, as in transformers' CTC loss
 
@@ -232,10 +238,24 @@ def save_fisher(path: str | os.PathLike[str], fisher: Mapping[str, Tensor], meta
 
 
 def load_fisher(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Read a Fisher written by `save_fisher`: (tensors by parameter name, metadata)."""
-    with safe_open(str(path), framework="pt") as f:
-        metadata = json.loads((f.metadata() or {}).get("fisher", "{}"))
-        return {name: f.get_tensor(name) for name in f.keys()}, metadata  # noqa: SIM118
+    """Read a Fisher written by `save_fisher`: (tensors by parameter name, metadata). A cut file, or a safetensors
+    file without the Fisher's metadata, raises FisherError naming it."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = json.loads((f.metadata() or {}).get("fisher", "{}"))
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, json.JSONDecodeError) as err:
+        raise FisherError(f"{path}: not a complete Fisher file ({err}); run `dvc repro fisher`") from err
+    missing = [key for key in ("kind", "normalize", "model_sha256") if key not in metadata]
+    if missing:
+        raise FisherError(f"{path}: no Fisher metadata {missing}: not written by the fisher stage; run `dvc repro fisher`")
+    return tensors, metadata
+
+
+def check_fisher_matches(path: Path, metadata: Mapping[str, str], weights: Path) -> None:
+    """Raise FisherError unless the Fisher at `path` (its `metadata`) was estimated at the weights file `weights`."""
+    if metadata.get("model_sha256") != file_sha256(weights):
+        raise FisherError(f"{path} was estimated for another model than {weights}: run `dvc repro fisher`")
 
 
 _NUMBERED = re.compile(r"^((?:feature_extractor\.conv_layers|encoder\.layers)\.\d+)\.")

@@ -9,12 +9,15 @@ divided by its target length, then averaged over the batch) and `ctc_zero_infini
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import (
     Wav2Vec2Config,
@@ -27,6 +30,7 @@ from transformers import (
 
 from forgetting.audio import TARGET_SR
 from forgetting.corpus import PAD, UNK, WORD_DELIMITER
+from forgetting.errors import REBUILD, InputError
 from forgetting.io import replace_dir, temp_dir
 from forgetting.layout import weights_file
 from forgetting.params import ModelParams, TrainParams
@@ -36,10 +40,10 @@ log = logging.getLogger(__name__)
 TINY = "tiny"
 BLANK_ID = 0  # [PAD]
 CTC_SETTINGS = {"pad_token_id": BLANK_ID, "ctc_loss_reduction": "mean", "ctc_zero_infinity": True}
-_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "config.json")
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "config.json", "vocab.json")
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A model that cannot be built or loaded; the message names the checkpoint."""
 
 
@@ -58,10 +62,11 @@ def build_processor(vocab_path: Path) -> Wav2Vec2Processor:
     return Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer)
 
 
-def build_model(params: ModelParams, vocab_size: int, seed: int) -> Wav2Vec2ForCTC:
-    """`tiny`: a randomly initialised (seeded) Wav2Vec2ForCTC from `params.config`; otherwise `params.name` is a
-    local checkpoint folder or a hub id already in the cache, loaded offline, whose CTC head is replaced by a
-    fresh one of `vocab_size` outputs when its size differs."""
+def build_model(params: ModelParams, vocab: Mapping[str, int], seed: int) -> Wav2Vec2ForCTC:
+    """The start model for our vocabulary `vocab` (token -> id). `tiny`: a randomly initialised (seeded)
+    Wav2Vec2ForCTC from `params.config`; otherwise `params.name` is a local checkpoint folder or a hub id already in
+    the cache, loaded offline. A checkpoint keeps its CTC head only when it was trained on exactly this vocabulary
+    (its `vocab.json` equals `vocab`); a head for other characters, even as many, is replaced by a fresh one."""
     set_seed(seed)
     if params.name == TINY:
         known = {f.name for f in dataclasses.fields(Wav2Vec2Config)}
@@ -69,27 +74,52 @@ def build_model(params: ModelParams, vocab_size: int, seed: int) -> Wav2Vec2ForC
         if unknown:  # Wav2Vec2Config would keep a misspelt key as an unused attribute
             raise ModelError(f"model.config.{unknown[0]}: not a Wav2Vec2Config field")
         try:
-            config = Wav2Vec2Config(**{**params.config, "vocab_size": vocab_size, **CTC_SETTINGS})
+            config = Wav2Vec2Config(**{**params.config, "vocab_size": len(vocab), **CTC_SETTINGS})
         except (StrictDataclassError, TypeError, ValueError) as err:
             raise ModelError(f"model.config: not valid Wav2Vec2Config values: {err}") from err
         return Wav2Vec2ForCTC(config)
     model = load_model(params.name)
-    old_size = model.lm_head.out_features
-    if old_size != vocab_size:
-        log.warning("%s: CTC head replaced, %d -> %d outputs (our vocabulary), freshly initialised", params.name,
-                    old_size, vocab_size)
-        model.lm_head = nn.Linear(model.lm_head.in_features, vocab_size)
+    reason = _head_mismatch(params.name, model, vocab)
+    if reason:
+        log.warning("%s: CTC head replaced by a fresh one of %d outputs (our vocabulary): %s", params.name, len(vocab),
+                    reason)
+        model.lm_head = nn.Linear(model.lm_head.in_features, len(vocab))
         model._init_weights(model.lm_head)
-        model.config.vocab_size = vocab_size
+        model.config.vocab_size = len(vocab)
     model.config.update(CTC_SETTINGS)
     return model
+
+
+def _head_mismatch(name: str, model: Wav2Vec2ForCTC, vocab: Mapping[str, int]) -> str | None:
+    """Why a checkpoint's CTC head does not fit `vocab`, or None when its own vocab.json is exactly `vocab`."""
+    if model.lm_head.out_features != len(vocab):
+        return f"it has {model.lm_head.out_features} outputs"
+    own = _checkpoint_folder(name) / "vocab.json"
+    if not own.is_file():
+        return f"no {own.name} says which characters its {len(vocab)} outputs stand for"
+    try:
+        theirs = json.loads(own.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"{own}: not a vocabulary JSON ({err})") from err
+    if theirs != dict(vocab):
+        other = sorted(set(theirs) ^ set(vocab)) or [t for t in vocab if theirs.get(t) != vocab[t]]
+        return f"its {own} has the same size but other tokens or ids ({', '.join(map(repr, other[:5]))})"
+    return None
 
 
 def load_model(name: str | Path) -> Wav2Vec2ForCTC:
     """A Wav2Vec2ForCTC from a checkpoint folder or a cached hub id, offline, without remote code.
 
-    safetensors weights are read when present; a `.bin`-only checkpoint goes through `torch.load(weights_only=True)`.
+    safetensors weights are read when present, after a check that the file is complete (a cut file is refused with
+    its name, never a raw SafetensorError); a `.bin`-only checkpoint goes through `torch.load(weights_only=True)`.
     """
+    weights = weights_file(Path(name))
+    if weights.is_file():
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except SafetensorError as err:
+            raise ModelError(f"{weights}: not a complete safetensors file ({err}); {REBUILD}") from err
     try:
         return Wav2Vec2ForCTC.from_pretrained(str(name), local_files_only=True, trust_remote_code=False)
     except OSError as err:
@@ -97,19 +127,28 @@ def load_model(name: str | Path) -> Wav2Vec2ForCTC:
 
 
 def load_trained(model_dir: Path) -> tuple[Wav2Vec2ForCTC, Wav2Vec2Processor]:
-    """A model and its processor as `save_model` wrote them, in eval mode."""
+    """A model and its processor as `save_model` wrote them, in eval mode; a head that does not match the folder's
+    vocabulary is refused."""
     model = load_model(model_dir)
-    return model.eval(), Wav2Vec2Processor.from_pretrained(str(model_dir), local_files_only=True)
+    processor = Wav2Vec2Processor.from_pretrained(str(model_dir), local_files_only=True)
+    if model.lm_head.out_features != len(processor.tokenizer):
+        raise ModelError(f"{Path(model_dir) / 'vocab.json'}: {len(processor.tokenizer)} tokens, but the model's CTC head "
+                         f"has {model.lm_head.out_features} outputs; {REBUILD}")
+    return model.eval(), processor
 
 
 def checkpoint_files(name: str) -> list[Path]:
     """The files that define a start model (weights, config) for the run key; none for `tiny` (its params do)."""
     if name == TINY:
         return []
-    folder = Path(name)
-    if not folder.is_dir():
-        folder = Path(snapshot_download(name, local_files_only=True))
+    folder = _checkpoint_folder(name)
     return sorted(p for pattern in _WEIGHT_PATTERNS for p in folder.glob(pattern))
+
+
+def _checkpoint_folder(name: str) -> Path:
+    """The local folder of a checkpoint: `name` itself, or its snapshot in the hub cache (offline)."""
+    folder = Path(name)
+    return folder if folder.is_dir() else Path(snapshot_download(name, local_files_only=True))
 
 
 def save_model(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, out_dir: Path) -> None:

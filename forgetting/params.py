@@ -17,10 +17,11 @@ from typing import Any, Literal
 
 import yaml
 
+from forgetting.errors import InputError
 from forgetting.layout import LANGUAGES
 
 
-class ParamsError(ValueError):
+class ParamsError(InputError):
     """A params value that no stage may run with; the message starts with the dotted key."""
 
 
@@ -138,6 +139,7 @@ class TrainParams:
     early_stopping_patience: int
     dataloader_workers: int
     save_total_limit: int
+    max_skipped_fraction: float  # steps with a non-finite loss or gradient, skipped; more than this fraction stop the run
 
     def check(self, key: str) -> None:
         _require(self.lr > 0, f"{key}.lr", f"must be > 0, got {self.lr}")
@@ -145,7 +147,7 @@ class TrainParams:
                  f"set exactly one of epochs and max_steps, got epochs={self.epochs}, max_steps={self.max_steps}")
         _require(self.epochs is None or self.epochs > 0, f"{key}.epochs", f"must be > 0, got {self.epochs}")
         _require(self.max_steps is None or self.max_steps > 0, f"{key}.max_steps", f"must be > 0, got {self.max_steps}")
-        for name in ("warmup_ratio", "dropout", "layerdrop", "mask_time_prob"):
+        for name in ("warmup_ratio", "dropout", "layerdrop", "mask_time_prob", "max_skipped_fraction"):
             value = getattr(self, name)
             _require(0 <= value < 1, f"{key}.{name}", f"must be in [0, 1), got {value}")
         for name in ("batch_size", "effective_batch_size", "eval_steps", "save_total_limit"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from forgetting.errors import InputError
 from forgetting.figures import SweepPoint
 from forgetting.layout import LANGUAGES, MODELS, SOURCE, predictions_name
 from forgetting.scoring import Estimate, ScoringError, error_rates, paired_change, read_predictions
@@ -23,7 +24,7 @@ from forgetting.scoring import Estimate, ScoringError, error_rates, paired_chang
 DASH = "–"  # a missing value in a table or label
 
 
-class ResultsError(ValueError):
+class ResultsError(InputError):
     """A request for experiments that do not exist; the message names them and those that do."""
 
 

@@ -11,16 +11,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import sys
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 import transformers
+from safetensors import SafetensorError, safe_open
 
 from forgetting.io import file_sha256
+from forgetting.layout import weights_file
 from forgetting.params import Params
 
+log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("forgetting", "stages")  # the project's code: this library and the entry points
 # What defines a training run of each stage, besides its files: the params sections it reads (as in dvc.yaml).
@@ -63,7 +68,39 @@ def checkpoint_step(checkpoint: Path) -> int | None:
     return int(step) if step.isdigit() and step != checkpoint.name else None
 
 
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why a Trainer checkpoint folder cannot be resumed from (a file missing or cut by a kill), or None when it is
+    complete: trainer_state.json (written last) parses at its step, the weights file opens, and the optimizer,
+    scheduler and RNG states are whole zip archives (what `torch.save` writes)."""
+    state = checkpoint / "trainer_state.json"
+    if not state.is_file():
+        return f"no {state.name} (the save did not finish)"
+    try:
+        step = json.loads(state.read_text(encoding="utf-8"))["global_step"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        return f"{state.name} is not a complete trainer state ({err})"
+    if step != checkpoint_step(checkpoint):
+        return f"{state.name} holds step {step}, the folder's name says {checkpoint_step(checkpoint)}"
+    try:
+        with safe_open(str(weights_file(checkpoint)), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as err:
+        return f"{weights_file(checkpoint).name}: {err}"
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        if not zipfile.is_zipfile(checkpoint / name):
+            return f"{name} is missing or cut"
+    return None
+
+
 def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete `checkpoint-<step>` in `run_dir` (trainer_state.json is written last), or None."""
-    done = [p for p in run_dir.glob("checkpoint-*") if checkpoint_step(p) is not None and (p / "trainer_state.json").is_file()]
-    return max(done, key=checkpoint_step, default=None)
+    """The newest complete `checkpoint-<step>` in `run_dir`, or None. An incomplete newer one (a kill during its
+    save) is passed over with a warning that names it; the run then resumes from the one before it."""
+    candidates = sorted((p for p in run_dir.glob("checkpoint-*") if checkpoint_step(p) is not None),
+                        key=checkpoint_step, reverse=True)
+    for checkpoint in candidates:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        log.warning("%s is incomplete, not resumed from: %s (training saves that step again when it gets there; "
+                    "remove %s to start afresh)", checkpoint, problem, run_dir)
+    return None

@@ -19,12 +19,13 @@ from pathlib import Path
 import jiwer
 import numpy as np
 
+from forgetting.errors import InputError
 from forgetting.io import atomic_path
 
 _CHUNK_ENTRIES = 1 << 22  # resampled indices held at once by the bootstrap
 
 
-class ScoringError(ValueError):
+class ScoringError(InputError):
     """Scores that cannot be compared; the message names the systems and the utterance."""
 
 

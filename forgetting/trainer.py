@@ -19,12 +19,22 @@ import jiwer
 import torch
 from dvclive import Live
 from torch.utils.data import Sampler, SequentialSampler
-from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, Wav2Vec2ForCTC, Wav2Vec2Processor
+from transformers import (
+    EarlyStoppingCallback,
+    EvalPrediction,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    Wav2Vec2ForCTC,
+    Wav2Vec2Processor,
+)
+from transformers.trainer_callback import ExportableState
 
 from forgetting.batching import CTCCollator, LengthGroupedEpochSampler, UtteranceDataset
 from forgetting.corpus import Utterance, normalise_text
-from forgetting.curves import TRAIN_CTC_LOSS, TRAIN_PENALTY, DVCLiveCurves, log_key
+from forgetting.curves import TRAIN_CTC_LOSS, TRAIN_PENALTY, DVCLiveCurves, log_key, truncate_curves
 from forgetting.decoding import blank_padding_frames, greedy_decode
+from forgetting.errors import InputError
 from forgetting.model import apply_training_config, save_model
 from forgetting.params import TrainParams
 from forgetting.resume import checkpoint_step, last_checkpoint
@@ -32,7 +42,7 @@ from forgetting.resume import checkpoint_step, last_checkpoint
 log = logging.getLogger(__name__)
 
 Regulariser = Callable[[torch.nn.Module], torch.Tensor]
-LOGGING_STEPS = 10  # optimiser steps between training-loss log lines (and dvclive points)
+LOGGING_STEPS = 10  # at most this many optimiser steps between training-loss log lines (and dvclive points)
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class TrainResult:
     best_dev_cer: float
     best_step: int
     steps: int  # optimiser steps taken in total, including those before a resume
+    skipped_steps: tuple[int, ...]  # of them, those not applied (non-finite loss or gradient)
     resumed_from_step: int | None
     train_samples_per_second: float  # of this process's run, evaluations included
 
@@ -53,6 +64,31 @@ class TrainResult:
                 f"at step {self.best_step}")
 
 
+class NonFiniteStepsError(InputError):
+    """Too many optimiser steps with a non-finite loss or gradient: the run diverged or its data is broken."""
+
+
+class SkippedSteps(TrainerCallback, ExportableState):
+    """The optimiser steps skipped for a non-finite loss or gradient. Saved in every checkpoint, so a resumed run
+    keeps counting where the killed one stopped."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"steps": self.steps}}
+
+    def record(self, step: int, paths: Sequence[str], max_fraction: float, max_steps: int) -> None:
+        """Count `step`, log its clips, and stop the run when more than `max_fraction` of `max_steps` were skipped."""
+        self.steps.append(step)
+        log.warning("step %d skipped: its loss or gradient is not finite; its clips: %s", step, ", ".join(paths) or "?")
+        if len(self.steps) > max_fraction * max_steps:
+            raise NonFiniteStepsError(
+                f"{len(self.steps)} of {max_steps} optimiser steps skipped for a non-finite loss or gradient (steps "
+                f"{self.steps[:10]}), more than max_skipped_fraction = {max_fraction}; the last one's clips: "
+                f"{', '.join(paths) or '?'}")
+
+
 class _CTCTrainer(Trainer):
     """Trainer with the regulariser hook, CTC and penalty logged apart, our samplers, and padded frames blanked."""
 
@@ -60,30 +96,67 @@ class _CTCTrainer(Trainer):
     # gradient accumulation; CTC "mean" is a per-batch mean, so the Trainer must divide it.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, regulariser: Regulariser | None = None, **kwargs):
+    def __init__(self, *args, regulariser: Regulariser | None = None, max_skipped_fraction: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.regulariser = regulariser
-        self._loss_sums: torch.Tensor | None = None  # (CTC, penalty) summed over micro-batches since the last log
-        self._micro_batches = 0
+        self.max_skipped_fraction = max_skipped_fraction
+        self._loss_sums: torch.Tensor | None = None  # (CTC, penalty, finite micro-batches) since the last log
+        self._bad_loss: torch.Tensor | None = None  # any non-finite training loss since the last optimiser step
+        self._step_paths: list[str] = []  # the clips of this optimiser step's micro-batches
+        self._skip = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        paths = inputs.pop("paths", [])
         outputs = model(**inputs)
         loss = outputs.loss
         if model.training:
             unwrapped = self.accelerator.unwrap_model(model)
             penalty = self.regulariser(unwrapped) if self.regulariser is not None else torch.zeros((), device=loss.device)
-            sums = torch.stack([loss.detach().mean(), penalty.detach()]).float()  # on the device: no sync per batch
-            self._loss_sums = sums if self._loss_sums is None else self._loss_sums + sums
-            self._micro_batches += 1
             loss = loss + penalty
+            # on the device, no sync per micro-batch: a non-finite loss is found at the optimiser step
+            finite = torch.isfinite(loss.detach())
+            self._bad_loss = ~finite if self._bad_loss is None else self._bad_loss | ~finite
+            sums = torch.where(finite, torch.stack([outputs.loss.detach().mean(), penalty.detach(), finite]).float(), 0.0)
+            self._loss_sums = sums if self._loss_sums is None else self._loss_sums + sums
+            self._step_paths += paths
         return (loss, outputs) if return_outputs else loss
 
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        step = optimizer.step
+
+        def step_unless_skipped(*step_args, **step_kwargs):
+            return None if self._skip else step(*step_args, **step_kwargs)
+
+        optimizer.step = step_unless_skipped
+        return optimizer
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The gradient norm, and the decision whether this optimiser step is applied: not when the loss of one of its
+        micro-batches (CTC + penalty) or the gradient (the penalty's included) is not finite. A skipped step leaves
+        the weights, the optimiser state and the learning-rate schedule as they were, is counted and names its clips."""
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        bad = ~torch.isfinite(torch.as_tensor(grad_norm))
+        if self._bad_loss is not None:
+            bad = bad | self._bad_loss.to(bad.device)
+        self._skip = bool(bad)  # one host sync per optimiser step, as a GradScaler makes
+        self.optimizer._is_overflow = self._skip  # the AcceleratedOptimizer's flag: the scheduler does not step either
+        if self._skip:
+            self._skipped_steps().record(self.state.global_step + 1, self._step_paths, self.max_skipped_fraction,
+                                         self.state.max_steps)
+        self._bad_loss, self._step_paths = None, []
+        return grad_norm
+
+    def _skipped_steps(self) -> SkippedSteps:
+        return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, SkippedSteps))
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._micro_batches:  # a training log line, not an evaluation
-            ctc, penalty = (self._loss_sums / self._micro_batches).tolist()
+        if "loss" in logs and self._loss_sums is not None:  # a training log line, not an evaluation
+            ctc, penalty, finite = self._loss_sums.tolist()
+            ctc, penalty = (ctc / finite, penalty / finite) if finite else (float("nan"), float("nan"))
             logs = {**logs, log_key(TRAIN_CTC_LOSS): ctc,
                     **({log_key(TRAIN_PENALTY): penalty} if self.regulariser is not None else {})}
-            self._loss_sums, self._micro_batches = None, 0
+            self._loss_sums = None
         super().log(logs, start_time)
 
     def _get_train_sampler(self, train_dataset=None) -> Sampler:
@@ -117,6 +190,13 @@ def dev_error_rates(references: Sequence[str], processor: Wav2Vec2Processor) -> 
     return compute
 
 
+def logging_steps(eval_steps: int) -> int:
+    """Optimiser steps between training-loss log lines: the largest divisor of `eval_steps` up to LOGGING_STEPS, so
+    that every checkpoint falls on a log step. A logged loss is the mean since the previous log, and a resumed run
+    starts that mean afresh at its checkpoint: only then does it log exactly the curve an uninterrupted run logs."""
+    return max(d for d in range(1, LOGGING_STEPS + 1) if eval_steps % d == 0)
+
+
 def _training_arguments(params: TrainParams, stage: str, seed: int, run_dir: Path) -> TrainingArguments:
     gpu = torch.cuda.is_available()
     if (params.fp16 or params.bf16) and not gpu:
@@ -137,7 +217,7 @@ def _training_arguments(params: TrainParams, stage: str, seed: int, run_dir: Pat
         save_strategy="steps", save_steps=params.eval_steps, save_total_limit=params.save_total_limit,
         load_best_model_at_end=True, metric_for_best_model="wer", greater_is_better=False,
         restore_callback_states_from_checkpoint=True,  # early stopping's patience counter survives a resume
-        logging_strategy="steps", logging_steps=min(LOGGING_STEPS, params.eval_steps), logging_first_step=True,
+        logging_strategy="steps", logging_steps=logging_steps(params.eval_steps), logging_first_step=True,
         train_sampling_strategy="group_by_length",  # our sampler: lengths from duration_s
         dataloader_num_workers=params.dataloader_workers,
         dataloader_persistent_workers=params.dataloader_workers > 0,
@@ -154,24 +234,28 @@ def _training_arguments(params: TrainParams, stage: str, seed: int, run_dir: Pat
 
 def train_ctc(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, train_utts: Sequence[Utterance],
               dev_utts: Sequence[Utterance], clips_dir: Path, params: TrainParams, stage: str, seed: int, out_dir: Path,
-              reports_dir: Path, checkpoints_root: Path, run_key: str, regulariser: Regulariser | None = None) -> TrainResult:
+              reports_dir: Path, checkpoints_root: Path, run_key: str, regulariser: Regulariser | None = None,
+              extra_callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
     """Fine-tune `model` with CTC on `train_utts`, keep the checkpoint with the best dev WER, write it with the
     processor to `out_dir` (safetensors, atomically) and return its scores.
 
     Curves go to `reports_dir` through dvclive (`plots/metrics/...`, `metrics.json`). Checkpoints go to
     `checkpoints_root/<stage>-<run_key[:16]>/`; when that folder holds a complete checkpoint, training
-    resumes from the newest one. The folder is removed once the model is written.
+    resumes from the newest one. The folder is removed once the model is written. A step whose loss or gradient is
+    not finite is skipped (see `_CTCTrainer._get_grad_norm`); more than `params.max_skipped_fraction` of the run's
+    steps raise NonFiniteStepsError. `extra_callbacks` join the Trainer's (for instance to watch each step).
     """
     apply_training_config(model, params)
     run_dir = checkpoints_root / f"{stage}-{run_key[:16]}"
     resume = last_checkpoint(run_dir)
     if resume is not None:
-        log.info("%s: resuming from %s", stage, resume)
+        dropped = truncate_curves(reports_dir, checkpoint_step(resume))
+        log.info("%s: resuming from %s (%d curve points past it dropped: they are logged again)", stage, resume, dropped)
     dev = UtteranceDataset(sorted(dev_utts, key=lambda u: -(u.duration_s or 0)), clips_dir, processor)  # less padding
     log.info("%s: %d train and %d dev utterances from %s; checkpoints in %s", stage, len(train_utts), len(dev), clips_dir,
              run_dir)
     live = Live(dir=str(reports_dir), resume=resume is not None, report=None, dvcyaml=False, save_dvc_exp=False)
-    callbacks = [DVCLiveCurves(live=live, log_model=False)]
+    callbacks = [DVCLiveCurves(live=live, log_model=False), SkippedSteps(), *extra_callbacks]
     if params.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience))
     trainer = _CTCTrainer(
@@ -179,14 +263,17 @@ def train_ctc(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, train_utts: S
         train_dataset=UtteranceDataset(train_utts, clips_dir, processor), eval_dataset=dev, processing_class=processor,
         compute_metrics=dev_error_rates([u.text for u in dev.utterances], processor),
         preprocess_logits_for_metrics=_argmax, callbacks=callbacks, regulariser=regulariser,
+        max_skipped_fraction=params.max_skipped_fraction,
     )
     output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     state = trainer.state
     best = next(e for e in state.log_history if e.get("step") == state.best_global_step and "eval_wer" in e)
     result = TrainResult(best_dev_wer=best["eval_wer"], best_dev_cer=best["eval_cer"], best_step=state.best_global_step,
-                         steps=state.global_step, resumed_from_step=checkpoint_step(resume) if resume is not None else None,
+                         steps=state.global_step, skipped_steps=tuple(trainer._skipped_steps().steps),
+                         resumed_from_step=checkpoint_step(resume) if resume is not None else None,
                          train_samples_per_second=output.metrics["train_samples_per_second"])
     live.summary["best"] = {"dev_wer": result.best_dev_wer, "dev_cer": result.best_dev_cer, "step": result.best_step}
+    live.summary["skipped_steps"] = len(result.skipped_steps)
     live.make_summary()
     save_model(trainer.model, processor, out_dir)
     shutil.rmtree(run_dir)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from forgetting.audio import UnsafePathError, safe_clip_path
 from forgetting.corpus import Utterance
+from forgetting.errors import InputError
 from forgetting.io import atomic_write_text
 
 # Stable reject reasons, the keys of the validate metrics, in the order they are checked.
@@ -155,7 +156,7 @@ def validate_splits(
     return Validation(kept, rejects)
 
 
-class ValidationError(ValueError):
+class ValidationError(InputError):
     """Validation results that no later stage may use: lost rows, or more rejects than the params allow."""
 
 

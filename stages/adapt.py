@@ -7,8 +7,7 @@ from pathlib import Path
 import torch
 
 from forgetting.corpus import read_split_tsv
-from forgetting.fisher import load_fisher
-from forgetting.io import file_sha256
+from forgetting.fisher import FisherError, check_fisher_matches, load_fisher
 from forgetting.layout import clips_dir, weights_file
 from forgetting.model import apply_training_config, load_trained
 from forgetting.penalty import EWCPenalty
@@ -33,10 +32,12 @@ def main() -> None:
     model, processor = load_trained(args.model)
     fisher, meta = load_fisher(args.fisher)
     weights = weights_file(args.model)
-    if meta.get("model_sha256") != file_sha256(weights):
-        raise SystemExit(f"{args.fisher} was estimated for another model than {weights}: run `dvc repro fisher`")
+    check_fisher_matches(args.fisher, meta, weights)
     apply_training_config(model, ap)  # freeze first: the penalty anchors exactly the parameters that train
-    penalty = EWCPenalty(model, fisher if ap.method == "ewc" else None, ap.ewc_lambda, getattr(torch, ap.ewc_dtype))
+    try:
+        penalty = EWCPenalty(model, fisher if ap.method == "ewc" else None, ap.ewc_lambda, getattr(torch, ap.ewc_dtype))
+    except (KeyError, ValueError) as err:
+        raise FisherError(f"{args.fisher} does not fit the parameters adapt trains: {err}; run `dvc repro fisher`") from err
     key = stage_run_key(params, "adapt", [args.train, args.dev, weights, args.fisher])
     train, dev = read_split_tsv(args.train), read_split_tsv(args.dev)
     result = train_ctc(model, processor, train, dev, clips_dir(params.data.corpus, args.lang), ap, "adapt", params.seed,
@@ -47,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

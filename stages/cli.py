@@ -1,12 +1,16 @@
-"""Plumbing shared by the stage entry points: the parser, logging, and the params check before any work."""
+"""Plumbing shared by the stage entry points: the parser, logging, the params check before any work, and one exit
+line (not a traceback) for an input the library refuses."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from forgetting.params import Params, ParamsError, load_params
+from forgetting.errors import InputError
+from forgetting.params import Params, load_params
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
@@ -23,10 +27,16 @@ def start(p: argparse.ArgumentParser) -> tuple[argparse.Namespace, Params]:
     """Parse the arguments, set up logging, and load `params.yaml`; a bad params value stops here, with its key."""
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return args, load_params()
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage's `main`; an InputError (bad params, metadata, split file, model, Fisher) ends it with its message
+    on one line and exit status 1, as `SystemExit` does."""
     try:
-        return args, load_params()
-    except ParamsError as err:
-        raise SystemExit(f"{p.prog}: {err}") from err
+        main()
+    except InputError as err:
+        raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from err
 
 
 def named_paths(values: list[str], flag: str) -> dict[str, Path]:

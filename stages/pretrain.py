@@ -24,7 +24,7 @@ def main() -> None:
 
     train, dev = read_split_tsv(args.train), read_split_tsv(args.dev)
     processor = build_processor(args.vocab)
-    model = build_model(params.model, len(processor.tokenizer), params.seed)
+    model = build_model(params.model, processor.tokenizer.get_vocab(), params.seed)
     key = stage_run_key(params, "pretrain", [args.train, args.dev, args.vocab, *checkpoint_files(params.model.name)])
     result = train_ctc(model, processor, train, dev, clips_dir(params.data.corpus, args.lang), params.pretrain, "pretrain",
                        params.seed, args.out, args.reports, args.checkpoints, key)
@@ -32,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -186,3 +187,37 @@ def test_sweep_queue_show_report_and_share(repo, tmp_path):
     name = experiments[0]["name"]
     dvc(repo, "exp", "push", "origin", name)
     assert "refs/exps/" in run(repo, "git", "ls-remote", "origin")
+
+
+def stage_cmd(repo: Path, stage: str) -> list[str]:
+    """A stage's command from dvc.yaml, to run it by hand as a user debugging it would."""
+    return shlex.split(yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8"))["stages"][stage]["cmd"])
+
+
+@pytest.mark.parametrize(("stage", "damage", "message"), [
+    ("eval", lambda repo: (repo / "models/pretrained/model.safetensors").write_bytes(
+        (repo / "models/pretrained/model.safetensors").read_bytes()[:5000]),
+     "eval: models/pretrained/model.safetensors: not a complete safetensors file"),
+    ("adapt", lambda repo: (repo / "data/validated/de/train.tsv").write_text(""),
+     "adapt: data/validated/de/train.tsv: empty file"),
+    ("adapt", lambda repo: set_params(repo, "adapt.freeze_feature_encoder", False),
+     "adapt: models/fisher/fisher.safetensors does not fit the parameters adapt trains"),
+])
+def test_a_broken_input_ends_the_stage_with_one_line_that_names_it(repo, stage, damage, message):
+    run(repo, "git", "checkout", "--", "params.yaml", "dvc.lock")  # the experiments above left their last run there
+    dvc(repo, "checkout", "--force")
+    damage(repo)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(stage_cmd(repo, stage), cwd=repo, env=env, capture_output=True, text=True)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert last.startswith(message) and "run `dvc repro" in last, last
+    run(repo, "git", "checkout", "--", "params.yaml", "dvc.lock")
+    dvc(repo, "checkout", "--force")
+    assert "Data and pipelines are up to date" in dvc(repo, "status")
+
+
+def set_params(repo: Path, dotted: str, value: object) -> None:
+    raw = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+    set_key(raw, dotted, value)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")

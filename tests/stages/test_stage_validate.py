@@ -1,5 +1,7 @@
-"""The validate stage's CLI: outputs, metrics, the summary line, the reject-fraction failure, atomic output."""
+"""The validate stage's CLI: outputs, metrics, the summary line, every reject reason in rejects.tsv, the
+reject-fraction failure, atomic output."""
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -11,7 +13,9 @@ import yaml
 
 from forgetting.corpus import Utterance, read_split_tsv, write_split_tsv
 from forgetting.layout import SPLITS
+from forgetting.validation import REJECT_REASONS
 from stages import validate
+from tests.unit.audio_files import cut_in_half, sine, write_clip
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,3 +93,33 @@ def test_a_wrong_corpus_path_names_the_missing_clips_folder(repo, monkeypatch):
     (repo / "corpus" / "nl" / "clips").rename(repo / "corpus" / "nl" / "elsewhere")
     with pytest.raises(SystemExit, match=r"validate nl: no clips folder corpus/nl/clips \(data.corpus = corpus\)"):
         run_stage(monkeypatch)
+
+
+def test_every_reject_reason_is_written_to_rejects_tsv_and_counted(repo, monkeypatch):
+    """One sampled row per reject reason: rejects.tsv holds exactly the counted rows, one per reason."""
+    clips = repo / "corpus" / "nl" / "clips"
+    write_clip(repo / "corpus" / "nl" / "outside.mp3", sine(1.5, 48_000), 48_000)
+    (clips / "unreadable.mp3").write_bytes(b"not audio" * 50)
+    write_clip(clips / "empty.wav", np.zeros(0, dtype=np.float32), 16_000)
+    cut_in_half(write_clip(repo / "whole.mp3", sine(3.0, 48_000), 48_000), clips / "truncated.mp3")
+    write_clip(clips / "too_long.mp3", sine(6.0, 48_000), 48_000)
+    write_clip(clips / "too_short.mp3", sine(0.4, 48_000), 48_000)
+    write_clip(clips / "silent.wav", np.zeros(32_000, dtype=np.float32), 16_000)
+    bad = {"unsafe_path": "../outside.mp3", "missing": "absent.mp3", "unreadable": "unreadable.mp3", "empty": "empty.wav",
+           "truncated": "truncated.mp3", "too_long": "too_long.mp3", "too_short": "too_short.mp3", "silent": "silent.wav"}
+    assert set(bad) == set(REJECT_REASONS)
+    rows = [Utterance("spk9", name, f"Zin {reason}.", f"zin {reason}") for reason, name in bad.items()]
+    for split, part in zip(SPLITS, (rows[:4], rows[4:6], rows[6:]), strict=True):
+        write_split_tsv(repo / "sampled" / f"{split}.tsv", read_split_tsv(repo / "sampled" / f"{split}.tsv") + part)
+    params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+    params["validate"]["max_reject_fraction"] = 1.0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    run_stage(monkeypatch)
+
+    metrics = json.loads((repo / "reports" / "nl.json").read_text(encoding="utf-8"))
+    with open(repo / "validated" / "nl" / "rejects.tsv", encoding="utf-8", newline="") as f:
+        rejects = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    assert len(rejects) == metrics["rejected"] == 1 + len(bad)  # the fixture's missing clip, and one per reason
+    assert {r["path"]: r["reason"] for r in rejects if r["client_id"] == "spk9"} == {v: k for k, v in bad.items()}
+    assert metrics["rejects_by_reason"] == {reason: 2 if reason == "missing" else 1 for reason in REJECT_REASONS}
+    assert metrics["kept"] + metrics["rejected"] == metrics["sampled"] == 10 + len(bad)

@@ -1,8 +1,11 @@
 """Common Voice metadata reading, the text normaliser, filters, speaker-disjoint splits and the vocabulary."""
 
+import unicodedata
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from forgetting.corpus import (
     CorpusError,
@@ -36,6 +39,15 @@ def write_tsv(path: Path, lines: list[str], newline: str = "\n", bom: bool = Fal
     ("e\u0301e\u0301n", "één"),  # decomposed accents compose (NFC)
     ("Er zijn 3 katten", "er zijn 3 katten"),  # digits survive, so the alphabet filter can reject them
     ("...", ""),
+    ("İngiliz", "i\u0307ngiliz"),  # the dot stays on its i (and the alphabet rejects it), not a space
+    ("Versiche\u00adrung", "versicherung"),  # soft hyphen
+    ("Null\u200bstelle und\u200d so", "nullstelle und so"),  # zero-width space and joiner
+    ("\ufeffHallo", "hallo"),  # a BOM inside a field
+    ("„Hallo“, sagte er. ‚Gut‘ – «oui»", "hallo sagte er gut oui"),  # curly and angle quotes
+    ("the puppy’s toy", "the puppy's toy"),
+    ("die D’Hondtschen Sitze", "die d'hondtschen sitze"),
+    ("IJsland", "ijsland"),
+    ("Challenge-Response", "challenge response"),
 ])
 def test_normalise_text(sentence, text):
     assert normalise_text(sentence) == text
@@ -137,3 +149,68 @@ def test_vocab_has_special_tokens_first_and_only_given_letters():
     assert list(vocab)[:3] == ["[PAD]", "[UNK]", "|"] and vocab["[PAD]"] == 0
     assert set(vocab) - {"[PAD]", "[UNK]", "|"} == set("großärgeénijs")
     assert sorted(vocab.values()) == list(range(len(vocab)))
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda text: "", r"train\.tsv: empty file, expected a header"),
+    (lambda text: text[: text.index("1.25") + 2], r"train\.tsv line 3: the file ends inside a row \(cut short\)"),
+    (lambda text: text[: text.index("ja")] + "\n", r"train\.tsv line 3: 3 fields, the header has 5"),
+    (lambda text: text.replace("1.25", "soon"), r"train\.tsv line 3 \(b\.mp3\): duration_s 'soon' is not a positive"),
+    (lambda text: text.replace("client_id", "speaker"), r"train\.tsv line 1: header \['path', 'speaker'"),
+])
+def test_an_empty_cut_or_foreign_split_file_is_refused_with_file_line_and_remedy(tmp_path, damage, message):
+    rows = [Utterance("c1", "a.mp3", "Een.", "een", duration_s=2.0),
+            Utterance("c2", "b.mp3", 'Ze zei "ja".', "ze zei ja", duration_s=1.25)]
+    path = tmp_path / "train.tsv"
+    write_split_tsv(path, rows, extra=("duration_s",))
+    path.write_text(damage(path.read_text(encoding="utf-8")), encoding="utf-8")
+    with pytest.raises(CorpusError, match=message) as err:
+        read_split_tsv(path)
+    assert "run `dvc repro`" in str(err.value)
+
+
+# --- fuzzing: any input gives a valid value or an error that names the file and row ----------------------------
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+CELL = st.text(st.characters(codec="utf-8", exclude_characters="\t\r\n"), max_size=12)
+
+
+@FUZZ
+@given(st.text(max_size=40))
+def test_fuzz_normalise_text_is_clean_and_idempotent(sentence):
+    text = normalise_text(sentence)
+    assert text == text.strip() and "  " not in text and not any(c.isspace() and c != " " for c in text)
+    assert not any(unicodedata.category(c) == "Cf" for c in text)
+    assert normalise_text(text) == text
+
+
+@FUZZ
+@given(st.lists(st.lists(CELL, min_size=0, max_size=8), max_size=6), st.booleans(), st.binary(max_size=8))
+def test_fuzz_metadata_reader_returns_rows_or_names_file_and_line(tmp_path, rows, with_header, junk):
+    path = tmp_path / "validated.tsv"
+    header = ["client_id", "path", "sentence", "up_votes", "down_votes"] if with_header else []
+    lines = ["\t".join(header)] * with_header + ["\t".join(row) for row in rows]
+    path.write_bytes("\n".join(lines).encode("utf-8") + junk)
+    try:
+        utterances = read_corpus_tsv(path)
+    except CorpusError as err:
+        assert str(err).startswith(str(path))
+    else:
+        assert all(isinstance(u, Utterance) and u.line >= 2 and u.text == normalise_text(u.sentence) for u in utterances)
+
+
+@FUZZ
+@given(st.lists(st.tuples(CELL, CELL, CELL, st.floats(allow_nan=True)), max_size=5), st.integers(0, 200),
+       st.binary(max_size=4))
+def test_fuzz_split_reader_returns_rows_or_names_file_and_line(tmp_path, rows, cut, junk):
+    path = tmp_path / "train.tsv"
+    utterances = [Utterance(c, p, s, normalise_text(s), duration_s=d) for p, c, s, d in rows]
+    write_split_tsv(path, utterances, extra=("duration_s",))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - cut % (len(data) + 1)] + junk)
+    try:
+        read = read_split_tsv(path)
+    except CorpusError as err:
+        assert str(err).startswith(str(path))
+    else:
+        assert all(isinstance(u, Utterance) and u.duration_s > 0 for u in read)

@@ -42,7 +42,7 @@ def test_a_predicted_unk_is_dropped_not_scored_as_a_word(processor):
 
 
 def test_padded_frames_decode_as_blank(params, processor):
-    model = build_model(params.model, len(processor.tokenizer), seed=0).eval()
+    model = build_model(params.model, processor.tokenizer.get_vocab(), seed=0).eval()
     values, mask = audio_batch()
     with torch.no_grad():
         batch = blank_padding_frames(model, model(values, attention_mask=mask).logits, mask)
@@ -62,7 +62,7 @@ def trained(tmp_path_factory, corpus):
     processor = build_processor(corpus.vocab)
     params = dataclasses.replace(PARAMS.pretrain, max_steps=1, eval_steps=1, batch_size=4, effective_batch_size=4,
                                  lr=1e-6, dataloader_workers=0)
-    model = build_model(PARAMS.model, len(processor.tokenizer), seed=0)
+    model = build_model(PARAMS.model, processor.tokenizer.get_vocab(), seed=0)
     result = train_ctc(model, processor, utterances[:4], utterances[4:], clips_dir, params, "score", 0, root / "model",
                        root / "reports", root / "checkpoints", "s" * 64)
     return root / "model", clips_dir, utterances[4:], result

@@ -5,9 +5,12 @@ from unittest import mock
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from forgetting import fisher as fisher_module
 from forgetting.fisher import (
+    FisherError,
+    check_fisher_matches,
     estimate_fisher,
     fisher_by_layer,
     layer_of,
@@ -16,6 +19,7 @@ from forgetting.fisher import (
     save_fisher,
     utterance_ctc_losses,
 )
+from forgetting.io import file_sha256
 from tests.unit.tiny import VOCAB, assert_same_fisher, collate, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -185,3 +189,27 @@ def test_fisher_by_layer_sums_per_layer_in_model_order():
     assert list(layers) == ["encoder.layers.0", "lm_head"]
     assert layers["encoder.layers.0"] == pytest.approx({"entries": 8, "sum": 16.0, "max": 4.0, "mean": 2.0, "share": 0.8})
     assert layers["lm_head"]["share"] == pytest.approx(0.2)
+
+
+def test_a_cut_or_foreign_fisher_file_is_refused(tmp_path, model, utts):
+    fisher = estimate_fisher(model, utts[:2], kind="empirical")
+    path = tmp_path / "fisher.safetensors"
+    save_fisher(path, fisher.tensors, fisher.metadata("abc"))
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(FisherError, match=rf"{path}: not a complete Fisher file .*run `dvc repro fisher`"):
+        load_fisher(path)
+    save_file({"w": torch.ones(2)}, path)  # a safetensors file, but not the fisher stage's
+    with pytest.raises(FisherError, match=r"no Fisher metadata \['kind', 'normalize', 'model_sha256'\]"):
+        load_fisher(path)
+
+
+def test_a_fisher_of_another_model_is_refused(tmp_path, model, utts):
+    fisher = estimate_fisher(model, utts[:2], kind="empirical")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"the pretrained weights")
+    path = tmp_path / "fisher.safetensors"
+    save_fisher(path, fisher.tensors, fisher.metadata(file_sha256(weights)))
+    check_fisher_matches(path, load_fisher(path)[1], weights)
+    weights.write_bytes(b"retrained weights")
+    with pytest.raises(FisherError, match=rf"{path} was estimated for another model than {weights}: run `dvc repro fisher`"):
+        check_fisher_matches(path, load_fisher(path)[1], weights)

@@ -21,28 +21,28 @@ from tests.unit.tiny import SENTENCES, audio_batch, write_vocab
 
 
 def test_tiny_model_is_sized_to_the_vocabulary(params, processor, vocab_path):
-    model = build_model(params.model, len(processor.tokenizer), seed=0)
+    model = build_model(params.model, processor.tokenizer.get_vocab(), seed=0)
     vocab_size = len(json.loads(vocab_path.read_text(encoding="utf-8")))
     assert len(processor.tokenizer) == vocab_size  # no <s>, </s> appended
     assert model.lm_head.out_features == model.config.vocab_size == vocab_size
     assert (model.config.pad_token_id, model.config.ctc_loss_reduction, model.config.ctc_zero_infinity) == (0, "mean", True)
     assert model.config.hidden_size == params.model.config["hidden_size"]
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
-    same = build_model(params.model, vocab_size, seed=0)
+    same = build_model(params.model, processor.tokenizer.get_vocab(), seed=0)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values(), strict=True))
 
 
 def test_bad_tiny_config_names_the_key(params, processor):
     bad = dataclasses.replace(params.model, config={**params.model.config, "hidden_size": "big"})
     with pytest.raises(ModelError, match=r"model\.config: not valid"):
-        build_model(bad, len(processor.tokenizer), seed=0)
+        build_model(bad, processor.tokenizer.get_vocab(), seed=0)
     misspelt = dataclasses.replace(params.model, config={**params.model.config, "hiden_size": 64})
     with pytest.raises(ModelError, match=r"model\.config\.hiden_size"):
-        build_model(misspelt, len(processor.tokenizer), seed=0)
+        build_model(misspelt, processor.tokenizer.get_vocab(), seed=0)
 
 
 def test_saved_model_loads_with_identical_logits(params, processor, tmp_path):
-    model = build_model(params.model, len(processor.tokenizer), seed=0).eval()
+    model = build_model(params.model, processor.tokenizer.get_vocab(), seed=0).eval()
     save_model(model, processor, tmp_path / "model")
     files = {p.name for p in (tmp_path / "model").iterdir()}
     assert {"model.safetensors", "config.json", "vocab.json", "tokenizer_config.json"} <= files
@@ -52,17 +52,17 @@ def test_saved_model_loads_with_identical_logits(params, processor, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(values, attention_mask=mask).logits, loaded(values, attention_mask=mask).logits)
     assert loaded_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
-    assert [p.name for p in checkpoint_files(str(tmp_path / "model"))] == ["config.json", "model.safetensors"]
+    assert [p.name for p in checkpoint_files(str(tmp_path / "model"))] == ["config.json", "model.safetensors", "vocab.json"]
     assert checkpoint_files("tiny") == []
 
 
 def test_checkpoint_with_another_vocabulary_gets_a_fresh_head(params, processor, tmp_path):
     other = build_processor(write_vocab(tmp_path / "small.json", ["abc"]))  # 6 tokens
-    start = build_model(params.model, len(other.tokenizer), seed=1)
+    start = build_model(params.model, other.tokenizer.get_vocab(), seed=1)
     save_model(start, other, tmp_path / "start")
     start_config = json.loads((tmp_path / "start" / "config.json").read_text(encoding="utf-8"))
     (tmp_path / "start" / "config.json").write_text(json.dumps({**start_config, "ctc_loss_reduction": "sum"}))
-    model = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), len(processor.tokenizer), seed=0)
+    model = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), processor.tokenizer.get_vocab(), seed=0)
     assert model.lm_head.out_features == model.config.vocab_size == len(processor.tokenizer) != 6
     assert (model.config.pad_token_id, model.config.ctc_loss_reduction, model.config.ctc_zero_infinity) == (0, "mean", True)
     assert 0 < model.lm_head.weight.std() < 0.1  # initialised, not empty
@@ -70,9 +70,40 @@ def test_checkpoint_with_another_vocabulary_gets_a_fresh_head(params, processor,
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in body.items())  # the rest is the checkpoint's
 
 
+def test_a_head_for_other_characters_of_the_same_number_is_replaced(params, processor, tmp_path):
+    vocab = processor.tokenizer.get_vocab()
+    letters = [t for t in vocab if len(t) == 1 and t != "|"]
+    swapped = {**vocab, letters[0]: vocab[letters[1]], letters[1]: vocab[letters[0]]}  # same size, two ids swapped
+    (tmp_path / "swapped.json").write_text(json.dumps(swapped, ensure_ascii=False), encoding="utf-8")
+    other = build_processor(tmp_path / "swapped.json")
+    start = build_model(params.model, other.tokenizer.get_vocab(), seed=1)
+    save_model(start, other, tmp_path / "start")
+    model = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), vocab, seed=0)
+    assert model.lm_head.out_features == len(vocab)
+    assert not torch.equal(model.lm_head.weight, start.lm_head.weight)  # a fresh head, not the swapped one
+    kept = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), swapped, seed=0)
+    assert torch.equal(kept.lm_head.weight, start.lm_head.weight)  # its own vocabulary: the head stays
+
+
+@pytest.mark.parametrize("cut", [0, 100, 10_000])
+def test_a_cut_weights_file_is_refused_with_its_name(params, processor, tmp_path, cut):
+    save_model(build_model(params.model, processor.tokenizer.get_vocab(), seed=0), processor, tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:cut])
+    with pytest.raises(ModelError, match=rf"{weights}: not a complete safetensors file .*run `dvc repro`"):
+        load_trained(tmp_path / "model")
+
+
+def test_a_vocabulary_that_does_not_fit_the_head_is_refused(params, processor, tmp_path):
+    save_model(build_model(params.model, processor.tokenizer.get_vocab(), seed=0), processor, tmp_path / "model")
+    (tmp_path / "model" / "vocab.json").write_text(json.dumps({"[PAD]": 0, "[UNK]": 1, "|": 2, "a": 3}), encoding="utf-8")
+    with pytest.raises(ModelError, match=r"vocab\.json: 4 tokens, but the model's CTC head has \d+ outputs"):
+        load_trained(tmp_path / "model")
+
+
 def test_missing_checkpoint_is_named(params, processor, tmp_path):
     with pytest.raises(ModelError, match="no-such-model"):
-        build_model(dataclasses.replace(params.model, name=str(tmp_path / "no-such-model")), 10, seed=0)
+        build_model(dataclasses.replace(params.model, name=str(tmp_path / "no-such-model")), {"a": 0}, seed=0)
 
 
 @pytest.mark.parametrize("lang", ["nl", "de"])
@@ -91,10 +122,10 @@ def train_params(params, **changes):
 
 
 def test_training_config_takes_effect_on_a_loaded_model(params, processor, tmp_path):
-    start = build_model(params.model, len(processor.tokenizer), seed=0)
+    start = build_model(params.model, processor.tokenizer.get_vocab(), seed=0)
     apply_training_config(start, train_params(params, dropout=0.0, mask_time_prob=0.0))
     save_model(start, processor, tmp_path / "start")
-    loaded = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), len(processor.tokenizer), seed=0)
+    loaded = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), processor.tokenizer.get_vocab(), seed=0)
     values, mask = audio_batch()
 
     def forward_twice() -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +147,7 @@ def test_training_config_takes_effect_on_a_loaded_model(params, processor, tmp_p
 
 
 def test_model_trained_without_masking_reloads_key_for_key(params, processor, tmp_path):
-    model = build_model(params.model, len(processor.tokenizer), seed=0)  # built with the config default, 0.05
+    model = build_model(params.model, processor.tokenizer.get_vocab(), seed=0)  # built with the config default, 0.05
     apply_training_config(model, train_params(params, mask_time_prob=0.0))
     assert not hasattr(model.wav2vec2, "masked_spec_embed")
     save_model(model, processor, tmp_path / "model")
@@ -126,10 +157,10 @@ def test_model_trained_without_masking_reloads_key_for_key(params, processor, tm
 
 def test_time_masking_on_a_checkpoint_built_without_it(params, processor, tmp_path):
     start = build_model(dataclasses.replace(params.model, config={**params.model.config, "mask_time_prob": 0.0}),
-                        len(processor.tokenizer), seed=0)
+                        processor.tokenizer.get_vocab(), seed=0)
     assert not hasattr(start.wav2vec2, "masked_spec_embed")
     save_model(start, processor, tmp_path / "start")
-    loaded = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), len(processor.tokenizer), seed=0)
+    loaded = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), processor.tokenizer.get_vocab(), seed=0)
     apply_training_config(loaded, train_params(params, mask_time_prob=0.5))
     assert loaded.wav2vec2.masked_spec_embed.requires_grad
     values, mask = audio_batch()
@@ -141,7 +172,7 @@ def test_time_masking_on_a_checkpoint_built_without_it(params, processor, tmp_pa
 
 
 def test_freeze_feature_encoder(params, processor):
-    model = build_model(params.model, len(processor.tokenizer), seed=0)
+    model = build_model(params.model, processor.tokenizer.get_vocab(), seed=0)
     apply_training_config(model, train_params(params, freeze_feature_encoder=True))
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     assert frozen and all(name.startswith("wav2vec2.feature_extractor.") for name in frozen)

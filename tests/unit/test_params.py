@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from forgetting.params import ParamsError, load_params, parse_params
 
@@ -12,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
 
 
-def with_change(path: str, value: object) -> dict:
-    """A copy of params.yaml with the dotted key set (or removed when value is ...)."""
-    raw = copy.deepcopy(RAW)
+def with_change(path: str, value: object, raw: dict = RAW) -> dict:
+    """A copy of params.yaml (or of `raw`) with the dotted key set (or removed when value is ...)."""
+    raw = copy.deepcopy(raw)
     *parents, leaf = path.split(".")
     node = raw
     for key in parents:
@@ -75,3 +77,42 @@ def test_grad_accum_steps_accounts_for_processes():
     assert params.adapt.grad_accum_steps(2, "adapt") == 2
     with pytest.raises(ParamsError, match=r"adapt\.effective_batch_size"):
         params.adapt.grad_accum_steps(3, "adapt")
+
+
+
+def leaf_keys(tree: dict, prefix: str = "") -> list[str]:
+    """Every dotted key of params.yaml, sections and leaves (model.config's inner keys excluded: they go to
+    Wav2Vec2Config, which checks them)."""
+    keys = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        if isinstance(value, dict) and dotted != "model.config":
+            keys += leaf_keys(value, f"{dotted}.")
+    return keys
+
+
+KEYS = leaf_keys(RAW)
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True), st.text(max_size=8),
+                   st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+                   st.just(...))  # ... removes the key
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=3), st.booleans())
+def test_fuzz_params_load_or_name_the_key(changes, unknown):
+    raw = RAW
+    for key, value in changes:
+        try:
+            raw = with_change(key, value, raw)
+        except (KeyError, TypeError):  # an earlier change removed or replaced this key's parent
+            continue
+    if unknown:
+        raw = {**raw, "sampel": 1}
+    try:
+        params = parse_params(raw)
+    except ParamsError as err:
+        key = str(err).split(":")[0]
+        assert any(key == k or key.startswith(f"{k}.") for k in [*KEYS, "sampel", "params.yaml"]), str(err)
+    else:
+        assert params.adapt.ewc_lambda >= 0 and params.seed >= 0 and not unknown

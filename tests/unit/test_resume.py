@@ -1,12 +1,16 @@
 """The run key and checkpoint discovery: what defines a run, and which checkpoint a run resumes."""
 
 import dataclasses
+import json
+import logging
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from forgetting.params import load_params
-from forgetting.resume import PROJECT_ROOT, code_files, last_checkpoint, run_config, run_key, stage_run_key
+from forgetting.resume import PROJECT_ROOT, checkpoint_problem, code_files, last_checkpoint, run_config, run_key, stage_run_key
 
 PARAMS = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
 
@@ -22,13 +26,45 @@ def test_run_key_covers_config_and_file_contents(tmp_path):
     assert key != run_key({"lr": 1.0}, [data])
 
 
+def write_checkpoint(folder: Path, step: int) -> Path:
+    """A checkpoint folder with the files the Trainer writes, each complete."""
+    folder.mkdir(parents=True)
+    save_file({"w": torch.ones(3)}, folder / "model.safetensors")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        torch.save({"step": step}, folder / name)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return folder
+
+
+def cut(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
 def test_last_checkpoint_is_the_newest_complete_one(tmp_path):
-    for step, complete in ((3, True), (12, True), (15, False)):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        if complete:
-            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    for step in (3, 12):
+        write_checkpoint(tmp_path / f"checkpoint-{step}", step)
     assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-12"
     assert last_checkpoint(tmp_path / "absent") is None
+    (tmp_path / "checkpoint-15").mkdir()  # a save that had only begun
+    (tmp_path / "not-a-checkpoint").mkdir()
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-12"
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    (lambda c: cut(c / "trainer_state.json", 10), "trainer_state.json is not a complete trainer state"),
+    (lambda c: (c / "trainer_state.json").write_text('{"global_step": 3}'), "holds step 3, the folder's name says 12"),
+    (lambda c: cut(c / "model.safetensors", 40), "model.safetensors:"),
+    (lambda c: cut(c / "optimizer.pt", 100), "optimizer.pt is missing or cut"),
+    (lambda c: (c / "rng_state.pth").unlink(), "rng_state.pth is missing or cut"),
+])
+def test_a_half_written_checkpoint_is_passed_over_with_its_name(tmp_path, caplog, damage, problem):
+    write_checkpoint(tmp_path / "checkpoint-3", 3)
+    newest = write_checkpoint(tmp_path / "checkpoint-12", 12)
+    damage(newest)
+    assert problem in checkpoint_problem(newest)
+    with caplog.at_level(logging.WARNING, logger="forgetting.resume"):
+        assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-3"
+    assert f"{newest} is incomplete, not resumed from: " in caplog.text and problem in caplog.text
 
 
 def test_run_config_of_each_stage_holds_its_sections():

@@ -88,6 +88,11 @@ def test_derived_metrics_of_the_models_present():
         assert change["wer_ci_low"] <= change["wer"] <= change["wer_ci_high"]
     assert both["awer"] == pytest.approx((0.3 + 0.1) / 2)  # mean WER after adaptation
     assert both["bwt"] == pytest.approx(-(0.3 - 0.1))
+    # identical systems: every paired resample draws the same utterances for both, so the interval is exactly (0, 0)
+    same = derived_metrics({"pretrained": pretrained, "adapted": pretrained}, "pretrained", "adapted", "nl", "de",
+                           samples=200, seed=0)
+    for change in (same["forgetting"]["nl"], same["learning"]["de"]):
+        assert (change["wer"], change["wer_ci_low"], change["wer_ci_high"]) == (0.0, 0.0, 0.0)
     shuffled = {"pretrained": pretrained, "adapted": {**adapted, "nl": scores([3, 2, 1, 0], prefix="x")}}
     with pytest.raises(ScoringError, match=r"u0\.mp3 against x0\.mp3"):
         derived_metrics(shuffled, "pretrained", "adapted", "nl", "de", samples=0, seed=0)

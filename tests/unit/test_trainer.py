@@ -4,17 +4,19 @@ short CPU runs."""
 import csv
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from forgetting.model import build_model, build_processor
 from forgetting.params import load_params
 from forgetting.penalty import EWCPenalty
 from forgetting.resume import last_checkpoint
-from forgetting.trainer import train_ctc
+from forgetting.trainer import NonFiniteStepsError, logging_steps, train_ctc
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = load_params(ROOT / "params.yaml")
@@ -24,16 +26,17 @@ MICRO = dataclasses.replace(PARAMS.pretrain, lr=3e-3, warmup_ratio=0.2, max_step
                             eval_steps=3, dropout=0.05, mask_time_prob=0.05, dataloader_workers=0, save_total_limit=2)
 
 
-def run(corpus, root: Path, params=MICRO, train=slice(0, 8), dev=slice(8, 12), regulariser=None, key="k" * 64, ewc=None):
+def run(corpus, root: Path, params=MICRO, train=slice(0, 8), dev=slice(8, 12), regulariser=None, key="k" * 64, ewc=None,
+        callbacks=()):
     """One `train_ctc` run of a freshly built tiny model (seed 0) with everything written under `root`; `ewc`
     (a function of the model) builds the regulariser from the model when given."""
     processor = build_processor(corpus.vocab)
-    model = build_model(PARAMS.model, len(processor.tokenizer), seed=0)
+    model = build_model(PARAMS.model, processor.tokenizer.get_vocab(), seed=0)
     if ewc is not None:
         regulariser = ewc(model)
     result = train_ctc(model, processor, corpus.utterances[train], corpus.utterances[dev], corpus.clips_dir, params, "micro",
                        seed=0, out_dir=root / "model", reports_dir=root / "reports", checkpoints_root=root / "checkpoints",
-                       run_key=key, regulariser=regulariser)
+                       run_key=key, regulariser=regulariser, extra_callbacks=callbacks)
     return result, load_file(root / "model" / "model.safetensors")
 
 
@@ -119,6 +122,101 @@ def test_interrupted_run_resumes_to_the_same_weights(corpus, full_run, tmp_path)
     assert sorted(curve(tmp_path / "reports", "eval/wer")) == [3, 6]  # the curve continues across the resume
 
 
+def interrupt_at(micro_batch: int):
+    """A zero regulariser that raises in the given training micro-batch (never for 0), like a kill at that moment."""
+    calls = 0
+
+    def regulariser(model: torch.nn.Module) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == micro_batch:
+            raise Interrupted
+        return torch.zeros(())
+    return regulariser
+
+
+def curve_rows(reports: Path) -> dict[str, list[str]]:
+    """Every curve file's lines, by name."""
+    metrics = reports / "plots" / "metrics"
+    return {str(p.relative_to(metrics)): p.read_text().splitlines() for p in sorted(metrics.rglob("*.tsv"))}
+
+
+def test_a_kill_between_a_log_and_the_next_checkpoint_leaves_no_duplicate_curve_steps(corpus, tmp_path):
+    # logs at steps 1, 6, 12, 18, 24; checkpoints at 12 and 24: a kill in step 22 has logged step 18 past the checkpoint
+    params = dataclasses.replace(MICRO, max_steps=24, eval_steps=12)
+    run(corpus, tmp_path / "whole", params, regulariser=interrupt_at(0))
+    with pytest.raises(Interrupted):
+        run(corpus, tmp_path / "killed", params, regulariser=interrupt_at(22))
+    assert sorted(curve(tmp_path / "killed" / "reports", "train/loss")) == [1, 6, 12, 18]
+    result, _ = run(corpus, tmp_path / "killed", params, regulariser=interrupt_at(0))
+    assert result.resumed_from_step == 12
+    assert curve_rows(tmp_path / "killed" / "reports") == curve_rows(tmp_path / "whole" / "reports")
+
+
+def test_a_half_written_checkpoint_is_not_resumed_from(corpus, full_run, tmp_path):
+    with pytest.raises(Interrupted):
+        run(corpus, tmp_path, regulariser=interrupt_at(4))
+    state = tmp_path / "checkpoints" / f"micro-{'k' * 16}" / "checkpoint-3" / "trainer_state.json"
+    state.write_bytes(state.read_bytes()[:50])  # killed while the Trainer wrote its state
+    result, weights = run(corpus, tmp_path)
+    assert result.resumed_from_step is None and result.steps == 6  # started afresh ...
+    assert all(torch.equal(weights[name], full_run[1][name]) for name in weights)  # ... to the same weights
+
+
+class StepWatch(TrainerCallback):
+    """Records, per optimiser step, whether the weights and the learning rate changed across `optimizer.step()`."""
+
+    def __init__(self):
+        self.moved: dict[int, bool] = {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.before = [p.detach().clone() for p in model.parameters()]
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.moved[state.global_step + 1] = any(not torch.equal(a, p) for a, p in zip(self.before, model.parameters(),
+                                                                                      strict=True))
+
+
+def poison(micro_batches: set[int], where: str):
+    """A regulariser that is zero, except in the given micro-batches: a NaN loss, or a NaN gradient."""
+    calls = 0
+
+    def regulariser(model: torch.nn.Module) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls not in micro_batches:
+            return torch.zeros(())
+        if where == "loss":
+            return torch.tensor(float("nan"))  # the model's gradient stays finite: only the loss check sees it
+        return model.lm_head.bias.sum() * float("nan")
+    return regulariser
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_a_non_finite_step_is_skipped_counted_and_named(corpus, tmp_path, caplog, where):
+    watch = StepWatch()
+    params = dataclasses.replace(MICRO, max_skipped_fraction=0.2, warmup_ratio=0.0)  # 1 of 6 steps allowed; lr > 0 at once
+    with caplog.at_level(logging.WARNING, logger="forgetting.trainer"):
+        result, weights = run(corpus, tmp_path, params, regulariser=poison({4}, where), callbacks=[watch])
+    assert watch.moved == {1: True, 2: True, 3: True, 4: False, 5: True, 6: True}  # step 4 was not applied
+    assert result.skipped_steps == (4,) and all(torch.isfinite(w).all() for w in weights.values())
+    assert json.loads((tmp_path / "reports" / "metrics.json").read_text())["skipped_steps"] == 1
+    clips = {u.path for u in corpus.utterances[:8]}
+    (message,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert message.startswith("step 4 skipped") and {c for c in clips if c in message}  # its clips, by name
+
+
+def test_too_many_non_finite_steps_stop_the_run_naming_the_bound(corpus, tmp_path):
+    params = dataclasses.replace(MICRO, max_skipped_fraction=0.2)
+    with pytest.raises(NonFiniteStepsError, match=r"2 of 6 optimiser steps skipped .*steps \[2, 4\]\), more than "
+                                                  r"max_skipped_fraction = 0\.2"):
+        run(corpus, tmp_path, params, regulariser=poison({2, 4}, "gradient"))
+
+
+def test_every_checkpoint_falls_on_a_log_step():
+    assert [logging_steps(e) for e in (100, 250, 12, 7, 3, 1)] == [10, 10, 6, 7, 3, 1]
+
+
 def test_zero_lambda_ewc_is_plain_fine_tuning(corpus, full_run, tmp_path):
     def zero_lambda(model: torch.nn.Module) -> EWCPenalty:
         fisher = {n: torch.rand_like(p) for n, p in model.named_parameters()}
@@ -131,7 +229,7 @@ def test_zero_lambda_ewc_is_plain_fine_tuning(corpus, full_run, tmp_path):
 
 def test_huge_lambda_keeps_the_weights_near_the_anchor(corpus, full_run, tmp_path):
     processor = build_processor(corpus.vocab)
-    anchor = build_model(PARAMS.model, len(processor.tokenizer), seed=0).state_dict()
+    anchor = build_model(PARAMS.model, processor.tokenizer.get_vocab(), seed=0).state_dict()
     _, held = run(corpus, tmp_path, ewc=lambda model: EWCPenalty(model, None, lam=1e4))
     _, free = full_run
 
