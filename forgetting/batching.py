@@ -95,3 +95,16 @@ class LengthGroupedEpochSampler(Sampler[int]):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def batch_rows(batch: dict, start: int, end: int) -> dict:
+    """Rows `start:end` of a collated batch, trimmed to their own longest audio and label sequence."""
+    mask = batch["attention_mask"][start:end]
+    samples = int(mask.sum(-1).max())
+    labels = batch["labels"][start:end]
+    tokens = int((labels != LABEL_PAD).sum(-1).max())
+    piece = {"input_values": batch["input_values"][start:end, :samples], "attention_mask": mask[:, :samples],
+             "labels": labels[:, :tokens]}
+    if "paths" in batch:
+        piece["paths"] = batch["paths"][start:end]
+    return piece

@@ -9,6 +9,7 @@ gradient accumulation steps, so a penalty added to every micro-batch counts once
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import jiwer
 import torch
+from accelerate.utils.memory import clear_device_cache
 from dvclive import Live
 from torch.utils.data import Sampler, SequentialSampler
 from transformers import (
@@ -28,16 +30,15 @@ from transformers import (
     Wav2Vec2ForCTC,
     Wav2Vec2Processor,
 )
-from transformers.trainer_callback import ExportableState
 
-from forgetting.batching import CTCCollator, LengthGroupedEpochSampler, UtteranceDataset
+from forgetting.batching import CTCCollator, LengthGroupedEpochSampler, UtteranceDataset, batch_rows
 from forgetting.corpus import Utterance, normalise_text
 from forgetting.curves import TRAIN_CTC_LOSS, TRAIN_PENALTY, DVCLiveCurves, log_key, truncate_curves
 from forgetting.decoding import blank_padding_frames, greedy_decode
-from forgetting.errors import InputError
 from forgetting.model import apply_training_config, save_model
 from forgetting.params import TrainParams
 from forgetting.resume import checkpoint_step, last_checkpoint
+from forgetting.step_guards import OutOfMemoryError, SkippedSteps
 
 log = logging.getLogger(__name__)
 
@@ -64,31 +65,6 @@ class TrainResult:
                 f"at step {self.best_step}")
 
 
-class NonFiniteStepsError(InputError):
-    """Too many optimiser steps with a non-finite loss or gradient: the run diverged or its data is broken."""
-
-
-class SkippedSteps(TrainerCallback, ExportableState):
-    """The optimiser steps skipped for a non-finite loss or gradient. Saved in every checkpoint, so a resumed run
-    keeps counting where the killed one stopped."""
-
-    def __init__(self) -> None:
-        self.steps: list[int] = []
-
-    def state(self) -> dict:
-        return {"args": {}, "attributes": {"steps": self.steps}}
-
-    def record(self, step: int, paths: Sequence[str], max_fraction: float, max_steps: int) -> None:
-        """Count `step`, log its clips, and stop the run when more than `max_fraction` of `max_steps` were skipped."""
-        self.steps.append(step)
-        log.warning("step %d skipped: its loss or gradient is not finite; its clips: %s", step, ", ".join(paths) or "?")
-        if len(self.steps) > max_fraction * max_steps:
-            raise NonFiniteStepsError(
-                f"{len(self.steps)} of {max_steps} optimiser steps skipped for a non-finite loss or gradient (steps "
-                f"{self.steps[:10]}), more than max_skipped_fraction = {max_fraction}; the last one's clips: "
-                f"{', '.join(paths) or '?'}")
-
-
 class _CTCTrainer(Trainer):
     """Trainer with the regulariser hook, CTC and penalty logged apart, our samplers, and padded frames blanked."""
 
@@ -104,22 +80,78 @@ class _CTCTrainer(Trainer):
         self._bad_loss: torch.Tensor | None = None  # any non-finite training loss since the last optimiser step
         self._step_paths: list[str] = []  # the clips of this optimiser step's micro-batches
         self._skip = False
+        self._chunks = 1  # pieces each micro-batch is cut into: doubled at each out-of-memory
+        self._chunk = (1.0, True)  # the running piece's share of its micro-batch, and whether it adds the penalty
+        self._micro_batches_in_step = 0
+        self._piece_size, self._piece_paths = 0, []  # the piece in its forward and backward pass
+        self._touched = False  # whether this micro-batch has reached a backward pass (its gradient may be added)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         paths = inputs.pop("paths", [])
         outputs = model(**inputs)
         loss = outputs.loss
         if model.training:
+            share, first = self._chunk
+            ctc = loss * share  # CTC "mean" averages over the batch: a piece counts by its share of the utterances
             unwrapped = self.accelerator.unwrap_model(model)
-            penalty = self.regulariser(unwrapped) if self.regulariser is not None else torch.zeros((), device=loss.device)
-            loss = loss + penalty
+            with_penalty = self.regulariser is not None and first  # once per micro-batch, not once per piece
+            penalty = self.regulariser(unwrapped) if with_penalty else torch.zeros((), device=loss.device)
+            loss = ctc + penalty
             # on the device, no sync per micro-batch: a non-finite loss is found at the optimiser step
             finite = torch.isfinite(loss.detach())
             self._bad_loss = ~finite if self._bad_loss is None else self._bad_loss | ~finite
-            sums = torch.where(finite, torch.stack([outputs.loss.detach().mean(), penalty.detach(), finite]).float(), 0.0)
+            stats = torch.stack([ctc.detach().mean(), penalty.detach(), finite * share]).float()
+            sums = torch.where(finite, stats, 0.0)
             self._loss_sums = sums if self._loss_sums is None else self._loss_sums + sums
             self._step_paths += paths
+            self._touched = True
         return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """One micro-batch, cut into `_chunks` pieces whose losses are weighted by their share, so the gradient is the
+        whole micro-batch's. An out-of-memory error doubles the pieces (half the physical batch, twice the
+        accumulation: the effective batch is unchanged, and so is the gradient) and retries the micro-batch when its
+        gradient is still untouched: it failed before any backward pass, or it is the first micro-batch of its
+        optimiser step (the gradients are then cleared). Otherwise the step is skipped. A clip too long for memory
+        even alone is named."""
+        self._micro_batches_in_step += 1
+        self._touched = False
+        while True:
+            try:
+                return self._training_step_in_pieces(model, inputs, num_items_in_batch)
+            except torch.OutOfMemoryError as err:
+                clear_device_cache()
+                if self._piece_size == 1:
+                    raise OutOfMemoryError(f"{', '.join(self._piece_paths) or 'a clip'} does not fit in memory even "
+                                           f"alone: lower validate.max_seconds, or train a smaller model or in fp16/bf16"
+                                           ) from err
+                first = self._micro_batches_in_step == 1
+                retry = first or not self._touched
+                self._chunks *= 2
+                log.warning("out of memory at step %d with %d utterances in a forward pass: each micro-batch is cut "
+                            "into %d pieces from now on (the effective batch is unchanged); %s",
+                            self.state.global_step + 1, self._piece_size, self._chunks,
+                            "the micro-batch is retried" if retry else "the step is skipped (part of its gradient "
+                            "may already have been added)")
+                if not retry:
+                    self._bad_loss = torch.ones((), dtype=torch.bool)
+                    return torch.zeros((), device=self.args.device)
+                if self._touched:  # the first micro-batch of its step: nothing else is in the gradients yet
+                    model.zero_grad(set_to_none=True)
+                    self._touched = False
+
+    def _training_step_in_pieces(self, model, inputs, num_items_in_batch):
+        """The Trainer's step on each piece of the micro-batch; the sum of their (weighted) losses."""
+        total, size = None, len(inputs["input_values"])
+        bounds = [round(i * size / self._chunks) for i in range(self._chunks + 1)]
+        for start, end in ((a, b) for a, b in itertools.pairwise(bounds) if b > a):
+            self._chunk = ((end - start) / size, total is None)  # the penalty goes with the first piece
+            self._piece_size, self._piece_paths = end - start, inputs.get("paths", [])[start:end]
+            piece = inputs if end - start == size else batch_rows(inputs, start, end)
+            loss = super().training_step(model, piece, num_items_in_batch)
+            total = loss if total is None else total + loss
+        self._chunk = (1.0, True)
+        return total
 
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
@@ -144,7 +176,7 @@ class _CTCTrainer(Trainer):
         if self._skip:
             self._skipped_steps().record(self.state.global_step + 1, self._step_paths, self.max_skipped_fraction,
                                          self.state.max_steps)
-        self._bad_loss, self._step_paths = None, []
+        self._bad_loss, self._step_paths, self._micro_batches_in_step = None, [], 0
         return grad_norm
 
     def _skipped_steps(self) -> SkippedSteps:
@@ -152,8 +184,7 @@ class _CTCTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._loss_sums is not None:  # a training log line, not an evaluation
-            ctc, penalty, finite = self._loss_sums.tolist()
-            ctc, penalty = (ctc / finite, penalty / finite) if finite else (float("nan"), float("nan"))
+            ctc, penalty = (self._loss_sums[:2] / self._loss_sums[2]).tolist()  # means over the finite micro-batches
             logs = {**logs, log_key(TRAIN_CTC_LOSS): ctc,
                     **({log_key(TRAIN_PENALTY): penalty} if self.regulariser is not None else {})}
             self._loss_sums = None

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from forgetting.audio import load_clip_16k
-from forgetting.batching import CTCCollator, LengthGroupedEpochSampler, TrainDataError, UtteranceDataset
+from forgetting.batching import CTCCollator, LengthGroupedEpochSampler, TrainDataError, UtteranceDataset, batch_rows
 from forgetting.corpus import Utterance
 from forgetting.model import build_processor
 
@@ -48,3 +48,14 @@ def test_sampler_groups_by_length_and_reshuffles_per_epoch():
     assert list(sampler) != first
     spreads = [np.ptp([lengths[i] for i in first[b:b + 4]]) for b in range(0, 100, 4)]
     assert np.median(spreads) < 30  # sorted within mega-batches of 24; a random batch of 4 spreads ~60
+
+
+def test_batch_rows_are_trimmed_to_their_own_lengths():
+    items = [{"input_values": np.ones(5, np.float32), "labels": [3, 4], "path": "a.mp3"},
+             {"input_values": np.full(3, 2.0, np.float32), "labels": [5, 6, 7, 8], "path": "b.mp3"},
+             {"input_values": np.full(2, 3.0, np.float32), "labels": [9], "path": "c.mp3"}]
+    rows = batch_rows(CTCCollator()(items), 1, 3)
+    assert rows["input_values"].tolist() == [[2, 2, 2], [3, 3, 0]]
+    assert rows["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert rows["labels"].tolist() == [[5, 6, 7, 8], [9, -100, -100, -100]]
+    assert rows["paths"] == ["b.mp3", "c.mp3"]

@@ -16,7 +16,8 @@ from forgetting.model import build_model, build_processor
 from forgetting.params import load_params
 from forgetting.penalty import EWCPenalty
 from forgetting.resume import last_checkpoint
-from forgetting.trainer import NonFiniteStepsError, logging_steps, train_ctc
+from forgetting.step_guards import NonFiniteStepsError, OutOfMemoryError
+from forgetting.trainer import logging_steps, train_ctc
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = load_params(ROOT / "params.yaml")
@@ -211,6 +212,64 @@ def test_too_many_non_finite_steps_stop_the_run_naming_the_bound(corpus, tmp_pat
     with pytest.raises(NonFiniteStepsError, match=r"2 of 6 optimiser steps skipped .*steps \[2, 4\]\), more than "
                                                   r"max_skipped_fraction = 0\.2"):
         run(corpus, tmp_path, params, regulariser=poison({2, 4}, "gradient"))
+
+
+class MemoryLimit(TrainerCallback):
+    """Injects the allocation failure of a GPU that holds at most `clips` utterances, or `samples` audio samples, in
+    a forward pass (or, with `in_backward`, fails in the backward pass instead, once the forward has run)."""
+
+    def __init__(self, clips: int = 1, samples: int | None = None, in_backward: bool = False):
+        self.clips, self.samples, self.in_backward, self.failures = clips, samples, in_backward, 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.in_backward:
+            model.register_forward_hook(self.fail_in_backward, with_kwargs=True)
+        else:
+            model.register_forward_pre_hook(self.fail_in_forward, with_kwargs=True)
+
+    def too_big(self, module, args, kwargs) -> bool:
+        audio = kwargs.get("input_values", args[0] if args else None)
+        return module.training and (len(audio) > self.clips or bool(self.samples and audio.shape[1] > self.samples))
+
+    def fail_in_forward(self, module, args, kwargs):
+        if self.too_big(module, args, kwargs):
+            self.failures += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+    def fail_in_backward(self, module, args, kwargs, output):
+        if self.too_big(module, args, kwargs):
+            self.failures += 1
+
+            def fail(grad):
+                raise torch.OutOfMemoryError("CUDA out of memory in the backward pass (injected)")
+            output.logits.register_hook(fail)
+
+
+@pytest.mark.parametrize("in_backward", [False, True])
+def test_out_of_memory_halves_the_physical_batch_and_keeps_the_gradient(corpus, tmp_path, caplog, in_backward):
+    # batch 4 on a "GPU" that holds 1 clip: cut into 2, then 4 pieces; the same run as batch 1 x accumulation 4
+    params = dataclasses.replace(MICRO, batch_size=4, effective_batch_size=4, dropout=0.0, mask_time_prob=0.0)
+    limit = MemoryLimit(clips=1, in_backward=in_backward)
+
+    def l2(model: torch.nn.Module) -> torch.Tensor:  # a penalty: counted once per micro-batch, not once per piece
+        return 1e-3 * sum(p.pow(2).sum() for p in model.parameters())
+
+    with caplog.at_level(logging.WARNING, logger="forgetting.trainer"):
+        result, weights = run(corpus, tmp_path / "oom", params, regulariser=l2, callbacks=[limit])
+    _, expected = run(corpus, tmp_path / "small", dataclasses.replace(params, batch_size=1), regulariser=l2)
+    assert limit.failures == 2 and result.skipped_steps == ()
+    assert all(torch.allclose(weights[n], expected[n], rtol=0, atol=1e-6) for n in weights)
+    warnings = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
+    assert warnings[0].startswith("out of memory at step 1 with 4 utterances in a forward pass: each micro-batch is cut "
+                                  "into 2 pieces") and "the micro-batch is retried" in warnings[0]
+    assert len(warnings) == 2
+
+
+def test_a_clip_too_long_for_memory_alone_is_named(corpus, tmp_path):
+    longest = max(corpus.utterances[:8], key=lambda u: u.duration_s)
+    limit = MemoryLimit(clips=8, samples=round(longest.duration_s * 16_000) - 1)  # only the longest clip fails
+    with pytest.raises(OutOfMemoryError, match=rf"{longest.path} does not fit in memory even alone"):
+        run(corpus, tmp_path, callbacks=[limit])
 
 
 def test_every_checkpoint_falls_on_a_log_step():
