@@ -8,12 +8,13 @@ part, one row per optimiser step at which the Trainer logged it.
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 from dvclive.utils import standardize_metric_name
 from transformers.integrations import DVCLiveCallback
 
-from forgetting.io import atomic_write_text
+from forgetting.io import replace_dir, temp_dir
 
 TRAIN_LOSS = "train/loss"  # CTC + penalty, as the optimiser sees it
 TRAIN_CTC_LOSS = "train/ctc_loss"
@@ -58,18 +59,26 @@ def read_curve(live_dir: Path, curve: str) -> tuple[list[int], list[float]]:
     return [int(r["step"]) for r in rows], [float(r[column]) for r in rows]
 
 
-def truncate_curves(live_dir: Path, last_step: int) -> int:
-    """Drop every curve point after `last_step` (a run resumed from that checkpoint logs those steps again), each file
-    rewritten atomically; returns the number of points dropped."""
-    dropped = 0
-    for path in sorted((Path(live_dir) / "plots" / "metrics").rglob("*.tsv")):
-        header, *rows = path.read_text(encoding="utf-8").splitlines()
-        step = header.split("\t").index("step")
-        kept = [row for row in rows if int(row.split("\t")[step]) <= last_step]
-        if len(kept) < len(rows):
-            dropped += len(rows) - len(kept)
-            atomic_write_text(path, "\n".join([header, *kept]) + "\n")
-    return dropped
+CHECKPOINT_CURVES = "curves"  # the copy of the curves inside each Trainer checkpoint folder
+
+
+def save_curves(live_dir: Path, checkpoint: Path) -> None:
+    """Copy the curves as they are at a checkpoint into it (`<checkpoint>/curves`, renamed into place when whole):
+    a resumed run starts from this copy, whatever happened to the live folder since (DVC removes a stage's outputs
+    before it runs the stage again)."""
+    source = Path(live_dir) / "plots" / "metrics"
+    tmp = temp_dir(Path(checkpoint) / CHECKPOINT_CURVES)
+    if source.is_dir():
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+    replace_dir(tmp, Path(checkpoint) / CHECKPOINT_CURVES)
+
+
+def restore_curves(checkpoint: Path, live_dir: Path) -> None:
+    """Put the curves saved in `checkpoint` back into the live folder, replacing what is there: points logged after
+    the checkpoint are logged again by the resumed run, so no curve holds a step twice, and none loses one."""
+    tmp = temp_dir(Path(live_dir) / "plots" / "metrics")
+    shutil.copytree(Path(checkpoint) / CHECKPOINT_CURVES, tmp, dirs_exist_ok=True)
+    replace_dir(tmp, Path(live_dir) / "plots" / "metrics")
 
 
 class DVCLiveCurves(DVCLiveCallback):
@@ -80,6 +89,10 @@ class DVCLiveCurves(DVCLiveCallback):
         # no Live.log_params: the run's params are params.yaml's, tracked by DVC; a dump of TrainingArguments
         # would be a stray, undeclared file holding the checkpoint path
         self._initialized = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            save_curves(self.live.dir, Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero:

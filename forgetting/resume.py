@@ -21,6 +21,7 @@ import torch
 import transformers
 from safetensors import SafetensorError, safe_open
 
+from forgetting.curves import CHECKPOINT_CURVES
 from forgetting.io import file_sha256
 from forgetting.layout import weights_file
 from forgetting.params import Params
@@ -70,8 +71,8 @@ def checkpoint_step(checkpoint: Path) -> int | None:
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
     """Why a Trainer checkpoint folder cannot be resumed from (a file missing or cut by a kill), or None when it is
-    complete: trainer_state.json (written last) parses at its step, the weights file opens, and the optimizer,
-    scheduler and RNG states are whole zip archives (what `torch.save` writes)."""
+    complete: trainer_state.json parses at its step, the weights file opens, the optimizer, scheduler and RNG states
+    are whole zip archives (what `torch.save` writes), and the copy of the curves, written last, is there."""
     state = checkpoint / "trainer_state.json"
     if not state.is_file():
         return f"no {state.name} (the save did not finish)"
@@ -89,6 +90,8 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
         if not zipfile.is_zipfile(checkpoint / name):
             return f"{name} is missing or cut"
+    if not (checkpoint / CHECKPOINT_CURVES).is_dir():
+        return f"no {CHECKPOINT_CURVES}/ (the copy of the curves is written after the checkpoint)"
     return None
 
 

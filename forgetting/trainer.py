@@ -33,7 +33,7 @@ from transformers import (
 
 from forgetting.batching import CTCCollator, LengthGroupedEpochSampler, UtteranceDataset, batch_rows
 from forgetting.corpus import Utterance, normalise_text
-from forgetting.curves import TRAIN_CTC_LOSS, TRAIN_PENALTY, DVCLiveCurves, log_key, truncate_curves
+from forgetting.curves import TRAIN_CTC_LOSS, TRAIN_PENALTY, DVCLiveCurves, log_key, restore_curves
 from forgetting.decoding import blank_padding_frames, greedy_decode
 from forgetting.model import apply_training_config, save_model
 from forgetting.params import TrainParams
@@ -280,8 +280,8 @@ def train_ctc(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, train_utts: S
     run_dir = checkpoints_root / f"{stage}-{run_key[:16]}"
     resume = last_checkpoint(run_dir)
     if resume is not None:
-        dropped = truncate_curves(reports_dir, checkpoint_step(resume))
-        log.info("%s: resuming from %s (%d curve points past it dropped: they are logged again)", stage, resume, dropped)
+        restore_curves(resume, reports_dir)
+        log.info("%s: resuming from %s, with the curves as they were then", stage, resume)
     dev = UtteranceDataset(sorted(dev_utts, key=lambda u: -(u.duration_s or 0)), clips_dir, processor)  # less padding
     log.info("%s: %d train and %d dev utterances from %s; checkpoints in %s", stage, len(train_utts), len(dev), clips_dir,
              run_dir)

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -13,70 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.micro import commit, dvc, make_repo, run, set_key, stages_run
+
 pytestmark = pytest.mark.e2e
-
-MICRO = {
-    "demo.clips_per_lang": 40,
-    "demo.speakers": 12,
-    "sample.nl.n": 36,
-    "validate.max_reject_fraction": 0.3,  # the demo plants 5 bad rows per language
-    "pretrain.max_steps": 4, "pretrain.eval_steps": 2, "pretrain.batch_size": 4, "pretrain.effective_batch_size": 4,
-    "pretrain.dataloader_workers": 0,
-    "fisher.samples": 6, "fisher.batch_size": 3,
-    "adapt.max_steps": 3, "adapt.eval_steps": 1, "adapt.batch_size": 2, "adapt.effective_batch_size": 4,
-    "adapt.dataloader_workers": 0,
-    "eval.bootstrap_samples": 50,
-}
-ALL_STAGES = {"demo", "sample@nl", "sample@de", "validate@nl", "validate@de", "vocab", "pretrain", "fisher", "adapt", "eval"}
-
-
-def set_key(raw: dict, dotted: str, value: object) -> None:
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        raw = raw[key]
-    raw[leaf] = value
-
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    """The project's tracked and unignored files in a fresh git repo, with the micro params committed."""
-    repo = tmp_path_factory.mktemp("pipeline") / "repo"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           check=True, capture_output=True, text=True).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
-    raw = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
-    for key, value in MICRO.items():
-        set_key(raw, key, value)
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    run(repo, "git", "init", "-q")
-    commit(repo, "micro")
-    return repo
-
-
-def run(repo: Path, *args: str) -> str:
-    """Run a command as a user would (the venv's `python` and `dvc` first on PATH); its stdout, or a failure."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result.stdout
-
-
-def dvc(repo: Path, *args: str) -> str:
-    return run(repo, sys.executable, "-m", "dvc", *args)
-
-
-def commit(repo: Path, message: str) -> None:
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
-
-
-def stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
+    return make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 def test_repro_vocab_then_up_to_date_then_only_the_changed_branch(repo):

@@ -1,6 +1,8 @@
 """The curve names: every curve the figures and dvc.yaml read is what the trainer's log keys become."""
 
-from forgetting.curves import CURVES, TRAIN_PENALTY, curve_file, live_metric, log_key, read_curve
+import shutil
+
+from forgetting.curves import CURVES, TRAIN_PENALTY, curve_file, live_metric, log_key, read_curve, restore_curves, save_curves
 
 
 def test_every_curve_is_a_plotted_dvclive_metric_of_its_log_key():
@@ -22,3 +24,18 @@ def test_read_curve_of_a_written_and_a_missing_curve(tmp_path):
     path.write_text("timestamp\tstep\tpenalty\n1\t10\t0.5\n2\t20\t0.25\n")
     assert read_curve(tmp_path / "adapt", TRAIN_PENALTY) == ([10, 20], [0.5, 0.25])
     assert read_curve(tmp_path / "pretrain", TRAIN_PENALTY) == ([], [])
+
+
+def test_the_curves_of_a_checkpoint_come_back_whole_on_resume(tmp_path):
+    live, checkpoint = tmp_path / "adapt", tmp_path / "checkpoints" / "checkpoint-20"
+    path = curve_file(live, TRAIN_PENALTY)
+    path.parent.mkdir(parents=True)
+    path.write_text("step\tpenalty\n10\t0.5\n20\t0.25\n")
+    checkpoint.mkdir(parents=True)
+    save_curves(live, checkpoint)
+    path.write_text("step\tpenalty\n10\t0.5\n20\t0.25\n30\t0.1\n")  # logged after the checkpoint, then killed
+    restore_curves(checkpoint, live)
+    assert read_curve(live, TRAIN_PENALTY) == ([10, 20], [0.5, 0.25])
+    shutil.rmtree(live)  # what `dvc repro` does to a stage's outputs before it reruns the stage
+    restore_curves(checkpoint, live)
+    assert read_curve(live, TRAIN_PENALTY) == ([10, 20], [0.5, 0.25])

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ def write_checkpoint(folder: Path, step: int) -> Path:
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
         torch.save({"step": step}, folder / name)
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (folder / "curves" / "train").mkdir(parents=True)
     return folder
 
 
@@ -56,6 +58,7 @@ def test_last_checkpoint_is_the_newest_complete_one(tmp_path):
     (lambda c: cut(c / "model.safetensors", 40), "model.safetensors:"),
     (lambda c: cut(c / "optimizer.pt", 100), "optimizer.pt is missing or cut"),
     (lambda c: (c / "rng_state.pth").unlink(), "rng_state.pth is missing or cut"),
+    (lambda c: shutil.rmtree(c / "curves"), "no curves/ (the copy of the curves is written after the checkpoint)"),
 ])
 def test_a_half_written_checkpoint_is_passed_over_with_its_name(tmp_path, caplog, damage, problem):
     write_checkpoint(tmp_path / "checkpoint-3", 3)

@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -142,13 +143,14 @@ def curve_rows(reports: Path) -> dict[str, list[str]]:
     return {str(p.relative_to(metrics)): p.read_text().splitlines() for p in sorted(metrics.rglob("*.tsv"))}
 
 
-def test_a_kill_between_a_log_and_the_next_checkpoint_leaves_no_duplicate_curve_steps(corpus, tmp_path):
+def test_a_resumed_run_logs_the_curves_of_an_uninterrupted_one(corpus, tmp_path):
     # logs at steps 1, 6, 12, 18, 24; checkpoints at 12 and 24: a kill in step 22 has logged step 18 past the checkpoint
     params = dataclasses.replace(MICRO, max_steps=24, eval_steps=12)
     run(corpus, tmp_path / "whole", params, regulariser=interrupt_at(0))
     with pytest.raises(Interrupted):
         run(corpus, tmp_path / "killed", params, regulariser=interrupt_at(22))
     assert sorted(curve(tmp_path / "killed" / "reports", "train/loss")) == [1, 6, 12, 18]
+    shutil.rmtree(tmp_path / "killed" / "reports")  # as `dvc repro` does with a stage's outputs before it reruns it
     result, _ = run(corpus, tmp_path / "killed", params, regulariser=interrupt_at(0))
     assert result.resumed_from_step == 12
     assert curve_rows(tmp_path / "killed" / "reports") == curve_rows(tmp_path / "whole" / "reports")
