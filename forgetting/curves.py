@@ -32,14 +32,16 @@ def log_key(curve: str) -> str:
     return name if split == "train" else f"{split}_{name}"
 
 
+# The Trainer's end-of-run mean training loss averages only the steps since a resume: not logged (the curve is).
+UNLOGGED = ("train_loss",)
+
+
 def live_metric(key: str) -> tuple[str, bool]:
     """The dvclive name of a Trainer log key (`train/...`, `eval/...`) and whether it gets a curve: timings,
     totals and the epoch go to metrics.json only, not to plots of one point or of no interest."""
-    if key == "train_loss":  # the end-of-run mean, not the curve of `loss`
-        key = "train_mean_loss"
-    elif not key.startswith(("train_", "eval_")) and key not in ("epoch", "total_flos"):
+    if not key.startswith(("train_", "eval_")) and key not in ("epoch", "total_flos"):
         key = f"train_{key}"  # loss, grad_norm, learning_rate
-    plot = not any(word in key for word in ("runtime", "per_second", "flos", "epoch", "mean_loss"))
+    plot = not any(word in key for word in ("runtime", "per_second", "flos", "epoch"))
     return standardize_metric_name(key, "dvclive.huggingface"), plot
 
 
@@ -99,6 +101,8 @@ class DVCLiveCurves(DVCLiveCallback):
             return
         self.live.step = state.global_step
         for key, value in logs.items():
+            if key in UNLOGGED:
+                continue
             name, plot = live_metric(key)
             self.live.log_metric(name, value, plot=plot)
         self.live.next_step()

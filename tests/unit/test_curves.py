@@ -12,7 +12,6 @@ def test_every_curve_is_a_plotted_dvclive_metric_of_its_log_key():
 
 def test_trainer_keys_for_timings_and_totals_get_no_curve():
     assert live_metric("loss") == ("train/loss", True)
-    assert live_metric("train_loss") == ("train/mean_loss", False)
     for key in ("train_runtime", "train_samples_per_second", "eval_runtime", "epoch", "total_flos"):
         assert live_metric(key)[1] is False, key
 

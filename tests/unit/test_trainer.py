@@ -154,6 +154,14 @@ def test_a_resumed_run_logs_the_curves_of_an_uninterrupted_one(corpus, tmp_path)
     result, _ = run(corpus, tmp_path / "killed", params, regulariser=interrupt_at(0))
     assert result.resumed_from_step == 12
     assert curve_rows(tmp_path / "killed" / "reports") == curve_rows(tmp_path / "whole" / "reports")
+    assert results_of(tmp_path / "killed" / "reports") == results_of(tmp_path / "whole" / "reports")
+
+
+def results_of(reports: Path) -> dict:
+    """The stage's metrics.json without its timings, the only values two runs may differ in."""
+    metrics = json.loads((reports / "metrics.json").read_text())
+    return {key: {k: v for k, v in value.items() if "runtime" not in k and "per_second" not in k}
+            if isinstance(value, dict) else value for key, value in metrics.items()}
 
 
 def test_a_half_written_checkpoint_is_not_resumed_from(corpus, full_run, tmp_path):
