@@ -24,6 +24,14 @@ class TrainDataError(InputError):
     """Training data the core cannot use; the message names the row."""
 
 
+@dataclass(frozen=True)
+class Split:
+    """Utterances of one split of one language, and the folder their clips are in."""
+
+    utterances: Sequence[Utterance]
+    clips: Path
+
+
 class UtteranceDataset(Dataset):
     """Utterances whose clips are decoded only when an item is read (in DataLoader workers).
 

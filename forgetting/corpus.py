@@ -1,54 +1,86 @@
 """Common Voice metadata: reading `validated.tsv`, the one text normaliser, metadata filters and the seeded
-sample, speaker-disjoint splits, the split TSVs, and the character vocabulary.
+sample, the split TSVs, and the character vocabulary (the splits themselves: `forgetting/splits.py`).
 
 Common Voice writes its TSVs tab-separated and unquoted: a sentence may hold a raw `"`, so every TSV here
-is read and written with `csv.QUOTE_NONE`. Older releases lack some columns; only `REQUIRED_COLUMNS` must
+is read and written as `csv.QUOTE_NONE` does. Older releases lack some columns; only `REQUIRED_COLUMNS` must
 be present.
 """
 
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import math
 import random
 import re
+import sys
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 from forgetting.errors import REBUILD, InputError
-from forgetting.io import atomic_write_text
+from forgetting.io import atomic_path
 
 REQUIRED_COLUMNS = ("client_id", "path", "sentence", "up_votes", "down_votes")
+SEGMENT_COLUMN = "segment"  # newer releases: "Benchmark" marks the single-word segment rows
 
 # Special tokens of the CTC vocabulary. [PAD] has id 0 and doubles as the CTC blank.
 PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"
 
-_APOSTROPHES = str.maketrans({c: "'" for c in "’‘ʼ`´′"})
-_DASHES = re.compile(r"[-‐‑‒–—―]")
+_APOSTROPHES = "’‘ʼ`´′"
+_DASHES = "-‐‑‒–—―"
 _STRAY_APOSTROPHE = re.compile(r"(?<![^\W\d_])'|'(?![^\W\d_])")  # not between two letters
-_SPACES = re.compile(r"\s+")
 
 
 class CorpusError(InputError):
     """A metadata file that cannot be read as Common Voice writes it; the message names file and line."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Utterance:
-    """One metadata row. `line` is the 1-based line in the file it came from (the header is line 1)."""
+    """One metadata row. `line` is the 1-based line in the file it came from (the header is line 1).
+
+    Votes are None when the source has none (a Hugging Face dataset); the vote filters then do not apply.
+    `segment` is Common Voice's `segment` column ("" when absent or empty).
+    """
 
     client_id: str
     path: str
     sentence: str
     text: str  # normalise_text(sentence)
-    up_votes: int = 0
-    down_votes: int = 0
+    up_votes: int | None = None
+    down_votes: int | None = None
     line: int = 0
     duration_s: float | None = None
+    segment: str = ""
+
+
+def _character_image(c: str) -> str:
+    """What the normaliser makes of one lower-cased, NFC character, regardless of its neighbours: `'` for a
+    typographic apostrophe, nothing for a formatting character (Cf), a space for a dash or for anything that is
+    neither a letter or digit, a space, `'`, nor a combining mark; else the character itself."""
+    if c in _APOSTROPHES:
+        return "'"
+    category = unicodedata.category(c)
+    if category == "Cf":
+        return ""
+    if c in _DASHES:
+        return " "
+    return c if c.isalnum() or c.isspace() or c == "'" or category.startswith("M") else " "
+
+
+# Latin-1 and General Punctuation hold most characters of real sentences: one `str.translate` maps them and the
+# apostrophes and dashes (`ʼ` is a letter). Elsewhere only a character that is neither a letter, digit nor space
+# can change: `_RARE` finds those.
+_TRANSLATED = (range(0x100), range(0x2000, 0x2070))
+_TRANSLATION = {ord(c): _character_image(c) or None
+                for c in (*_APOSTROPHES, *_DASHES, *(chr(cp) for block in _TRANSLATED for cp in block))}
+_RARE = re.compile("[^" + "".join(f"\\u{b.start:04x}-\\u{b.stop - 1:04x}" for b in _TRANSLATED) + r"\w\s]")
 
 
 def normalise_text(sentence: str) -> str:
@@ -62,60 +94,105 @@ def normalise_text(sentence: str) -> str:
     runs of whitespace become one space. Digits are kept, so that the alphabet filter can reject them (a spoken
     number has no single spelling).
     """
-    text = unicodedata.normalize("NFC", sentence.lower()).translate(_APOSTROPHES)
-    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
-    text = _DASHES.sub(" ", text)
-    text = "".join(c if c.isalnum() or c.isspace() or c == "'" or unicodedata.category(c).startswith("M") else " "
-                   for c in text)
-    text = _STRAY_APOSTROPHE.sub("", text)
-    return _SPACES.sub(" ", text).strip()
+    text = unicodedata.normalize("NFC", sentence.lower()).translate(_TRANSLATION)
+    text = _RARE.sub(lambda match: _character_image(match[0]), text)
+    if "'" in text:  # the look-around search costs more than all the rest
+        text = _STRAY_APOSTROPHE.sub("", text)
+    return " ".join(text.split())  # str.split() splits at what `\s` matches, and drops the ends
 
 
 def read_corpus_tsv(path: Path) -> list[Utterance]:
-    """Every row of a Common Voice metadata file (BOM and CRLF tolerated), normalised, in file order."""
+    """Every row of a Common Voice metadata file (BOM and CRLF tolerated), normalised, in file order.
+
+    Rows are read one at a time; client ids are interned, and each distinct sentence is stored and normalised
+    once (rows of one sentence share its `sentence` and `text` objects).
+    """
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        with _cyclic_gc_paused(), open(path, encoding="utf-8-sig", newline="") as f:
+            return _utterances(path, f)
     except UnicodeDecodeError as err:
-        line = Path(path).read_bytes()[: err.start].count(b"\n") + 1
-        raise CorpusError(f"{path} line {line}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    except csv.Error as err:
-        raise CorpusError(f"{path}: not a tab-separated metadata file ({err})") from err
-    if not rows:
+        data = Path(path).read_bytes()
+        whole = _decoding_error(data) or err  # the reader's error counts bytes from the start of its buffer
+        line = data[: whole.start].count(b"\n") + 1
+        raise CorpusError(f"{path} line {line}: not UTF-8 text ({whole.reason} at byte {whole.start})") from err
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector: it passes over every object made so far again and again as a million
+    rows accumulate (a third of the read), and these objects hold no reference cycles."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _fields(line: str) -> list[str]:
+    """The fields of an unquoted tab-separated line, as `csv.reader(quoting=QUOTE_NONE)` reads them (none for an empty
+    line) in half the time."""
+    line = line.rstrip("\r\n")
+    return line.split("\t") if line else []
+
+
+def _utterances(path: Path, lines: Iterator[str]) -> list[Utterance]:
+    """The rows after the header as Utterances; `path` only names the file in errors."""
+    first_line = next(lines, None)
+    if first_line is None:
         raise CorpusError(f"{path}: empty file, expected a header with {', '.join(REQUIRED_COLUMNS)}")
-    header = rows[0]
+    header = _fields(first_line)
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise CorpusError(f"{path} line 1: missing column(s) {', '.join(missing)}; header is {header}")
-    col = {name: header.index(name) for name in REQUIRED_COLUMNS}
+    client, clip, said, up_col, down_col = (header.index(c) for c in REQUIRED_COLUMNS)
+    segment = header.index(SEGMENT_COLUMN) if SEGMENT_COLUMN in header else None
+    first: dict[str, Utterance] = {}  # sentence -> the first row with it, whose sentence and text the others share
     utterances = []
-    for line, row in enumerate(rows[1:], start=2):
+    for line, raw in enumerate(lines, start=2):
+        row = _fields(raw)
         if not row:
             continue
         if len(row) != len(header):
             raise CorpusError(f"{path} line {line}: {len(row)} fields, header has {len(header)}")
         try:
-            up, down = int(row[col["up_votes"]] or 0), int(row[col["down_votes"]] or 0)
+            up, down = int(row[up_col] or 0), int(row[down_col] or 0)
         except ValueError as err:
-            raise CorpusError(f"{path} line {line} ({row[col['path']]}): vote count is not an integer") from err
-        sentence = row[col["sentence"]]
-        utterances.append(Utterance(row[col["client_id"]], row[col["path"]], sentence, normalise_text(sentence), up, down, line))
+            raise CorpusError(f"{path} line {line} ({row[clip]}): vote count is not an integer") from err
+        known = first.get(row[said])
+        sentence, text = (known.sentence, known.text) if known else (row[said], normalise_text(row[said]))
+        utterances.append(Utterance(sys.intern(row[client]), row[clip], sentence, text, up, down, line,
+                                    segment=sys.intern(row[segment]) if segment is not None and row[segment] else ""))
+        if not known:
+            first[sentence] = utterances[-1]
     return utterances
+
+
+def _decoding_error(data: bytes) -> UnicodeDecodeError | None:
+    """The error of decoding `data` whole as UTF-8, or None when it decodes."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err
+    return None
 
 
 SPLIT_COLUMNS = ("path", "client_id", "sentence", "text")
 
 
 def write_split_tsv(path: Path, utterances: Iterable[Utterance], extra: Sequence[str] = ()) -> None:
-    """Write our own split files: `SPLIT_COLUMNS` plus `extra` attribute columns (e.g. `duration_s`)."""
+    """Write our own split files: `SPLIT_COLUMNS` plus `extra` attribute columns (e.g. `duration_s`), row by row
+    into a temporary file that replaces `path` once complete (a field holding a tab or line break raises first)."""
     columns = (*SPLIT_COLUMNS, *extra)
-    lines = ["\t".join(columns)]
-    for u in utterances:
-        fields = [str(getattr(u, c)) for c in columns]
-        if any("\t" in f or "\n" in f or "\r" in f for f in fields):
-            raise CorpusError(f"{path}: {u.path} (line {u.line} of its source): a field holds a tab or line break")
-        lines.append("\t".join(fields))
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    fields = attrgetter(*columns)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("\t".join(columns) + "\n")
+        for u in utterances:
+            line = "\t".join(map(str, fields(u)))
+            if line.count("\t") != len(columns) - 1 or "\n" in line or "\r" in line:
+                raise CorpusError(f"{path}: {u.path} (line {u.line} of its source): a field holds a tab or line break")
+            f.write(line + "\n")
 
 
 def read_split_tsv(path: Path) -> list[Utterance]:
@@ -156,15 +233,21 @@ def read_split_tsv(path: Path) -> list[Utterance]:
     return utterances
 
 
-def metadata_reject_reason(u: Utterance, alphabet: str, min_up_votes: int) -> str | None:
-    """Why a row fails the metadata filters, or None. Reasons are stable strings used as metric keys."""
-    if u.up_votes < min_up_votes:
+def metadata_reject_reason(u: Utterance, alphabet: str, min_up_votes: int, include_segments: bool) -> str | None:
+    """Why a row fails the metadata filters, or None. Reasons are stable strings used as metric keys.
+
+    Checked in this order: votes (only where the source has votes), a segment row (a non-empty `segment`) unless
+    `include_segments`, then the text: empty after normalisation, or holding a character outside `alphabet`.
+    """
+    if u.up_votes is not None and u.up_votes < min_up_votes:
         return "too_few_up_votes"
-    if u.down_votes >= u.up_votes:
+    if u.up_votes is not None and u.down_votes is not None and u.down_votes >= u.up_votes:
         return "down_votes_not_below_up_votes"
+    if u.segment and not include_segments:
+        return "segment"
     if not u.text:
         return "empty_text"
-    if set(u.text) - set(alphabet) - {" "}:
+    if u.text.strip(alphabet + " "):  # what is left once the letters of the alphabet are stripped from both ends
         return "chars_outside_alphabet"
     return None
 
@@ -178,44 +261,20 @@ class Sample:
     dropped: Counter[str]
 
 
-def filter_and_sample(rows: Sequence[Utterance], alphabet: str, min_up_votes: int, n: int, seed: str) -> Sample:
+def filter_and_sample(rows: Sequence[Utterance], alphabet: str, min_up_votes: int, include_segments: bool, n: int,
+                      seed: str) -> Sample:
     """The rows that pass `metadata_reject_reason`, in file order, and `n` of them drawn with `random.Random(seed)`
-    (all of them, in file order, when no more than `n` pass)."""
+    (all of them, in file order, when no more than `n` pass; none when none pass)."""
     dropped: Counter[str] = Counter()
     passed = []
     for row in rows:
-        reason = metadata_reject_reason(row, alphabet, min_up_votes)
+        reason = metadata_reject_reason(row, alphabet, min_up_votes, include_segments)
         if reason:
             dropped[reason] += 1
         else:
             passed.append(row)
     sampled = passed if len(passed) <= n else random.Random(seed).sample(passed, n)
     return Sample(passed, sampled, dropped)
-
-
-def split_by_speaker(utterances: Sequence[Utterance], fractions: dict[str, float], seed: int) -> dict[str, list[Utterance]]:
-    """Assign whole speakers (`client_id`) to splits so utterance counts approach `fractions`.
-
-    Speakers are shuffled with `seed`; each split first receives one speaker, then every further speaker
-    goes to the split furthest below its target. No speaker is in two splits. Needs >= len(fractions)
-    speakers.
-    """
-    by_speaker: dict[str, list[Utterance]] = {}
-    for u in utterances:
-        by_speaker.setdefault(u.client_id, []).append(u)
-    speakers = sorted(by_speaker)
-    if len(speakers) < len(fractions):
-        raise CorpusError(f"{len(speakers)} speaker(s) cannot fill {len(fractions)} speaker-disjoint splits")
-    random.Random(seed).shuffle(speakers)
-    splits: dict[str, list[Utterance]] = {name: [] for name in fractions}
-    total = len(utterances)
-    for i, speaker in enumerate(speakers):
-        if i < len(fractions):
-            name = sorted(fractions, key=fractions.get)[i]  # smallest splits first, so dev/test are not empty
-        else:
-            name = max(fractions, key=lambda s: fractions[s] * total - len(splits[s]))
-        splits[name].extend(by_speaker[speaker])
-    return splits
 
 
 def build_vocab(texts: Iterable[str]) -> dict[str, int]:

@@ -15,34 +15,41 @@ from dvclive.utils import standardize_metric_name
 from transformers.integrations import DVCLiveCallback
 
 from forgetting.io import replace_dir, temp_dir
+from forgetting.layout import LANGUAGES
 
-TRAIN_LOSS = "train/loss"  # CTC + penalty, as the optimiser sees it
+TRAIN_LOSS = "train/loss"  # CTC + the regularisers, as the optimiser sees it
 TRAIN_CTC_LOSS = "train/ctc_loss"
-TRAIN_PENALTY = "train/penalty"  # (λ/2)·Σ F·(θ−θ*)², adapt only
-DEV_LOSS = "eval/loss"
-DEV_WER = "eval/wer"
-DEV_CER = "eval/cer"
-CURVES = (TRAIN_LOSS, TRAIN_CTC_LOSS, TRAIN_PENALTY, DEV_LOSS, DEV_WER, DEV_CER)
+TRAIN_PENALTY = "train/penalty"  # (λ/2)·Σ Ω·(θ−θ*)²: ewc, mas, l2
+TRAIN_KD_LOSS = "train/kd_loss"  # the weighted distillation term: lwf
+DEV_RATES = ("loss", "wer", "cer")
+DEV_AVERAGE_WER = "eval/average_wer"  # the mean dev WER over the languages a stage evaluates
+
+
+def dev_curve(lang: str, rate: str) -> str:
+    """The dev curve of `rate` (loss, wer, cer) on `lang`'s dev split: `eval/nl_wer`. Adapt evaluates the source
+    language's dev split too: `eval/nl_wer` there is the forgetting curve."""
+    return f"eval/{lang}_{rate}"
+
+
+CURVES = (TRAIN_LOSS, TRAIN_CTC_LOSS, TRAIN_PENALTY, TRAIN_KD_LOSS, DEV_AVERAGE_WER,
+          *(dev_curve(lang, rate) for lang in LANGUAGES for rate in DEV_RATES))
 
 
 def log_key(curve: str) -> str:
     """The Trainer log key that becomes `curve`: `ctc_loss` for `train/ctc_loss` (as the Trainer logs `loss`),
-    `eval_wer` for `eval/wer`."""
+    `eval_nl_wer` for `eval/nl_wer` (the Trainer's name for `wer` on its dev set `nl`)."""
     split, name = curve.split("/", 1)
     return name if split == "train" else f"{split}_{name}"
 
 
-# The Trainer's end-of-run mean training loss averages only the steps since a resume: not logged (the curve is).
-UNLOGGED = ("train_loss",)
-
-
 def live_metric(key: str) -> tuple[str, bool]:
-    """The dvclive name of a Trainer log key (`train/...`, `eval/...`) and whether it gets a curve: timings,
-    totals and the epoch go to metrics.json only, not to plots of one point or of no interest."""
+    """The dvclive name of a Trainer log key (`train/...`, `eval/...`) and whether it is a result to log: timings,
+    totals, the epoch and the Trainer's end-of-run mean loss (which averages only the steps since a resume) are not
+    (the stage writes its timings to a file of their own, not to its metrics)."""
+    result = key != "train_loss" and not any(word in key for word in ("runtime", "per_second", "flos", "epoch"))
     if not key.startswith(("train_", "eval_")) and key not in ("epoch", "total_flos"):
-        key = f"train_{key}"  # loss, grad_norm, learning_rate
-    plot = not any(word in key for word in ("runtime", "per_second", "flos", "epoch"))
-    return standardize_metric_name(key, "dvclive.huggingface"), plot
+        key = f"train_{key}"  # loss, grad_norm, learning_rate: the per-step training log
+    return standardize_metric_name(key, "dvclive.huggingface"), result
 
 
 def curve_file(live_dir: Path, curve: str) -> Path:
@@ -101,8 +108,7 @@ class DVCLiveCurves(DVCLiveCallback):
             return
         self.live.step = state.global_step
         for key, value in logs.items():
-            if key in UNLOGGED:
-                continue
-            name, plot = live_metric(key)
-            self.live.log_metric(name, value, plot=plot)
+            name, result = live_metric(key)
+            if result:
+                self.live.log_metric(name, value)
         self.live.next_step()

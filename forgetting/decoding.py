@@ -21,6 +21,13 @@ from forgetting.corpus import Utterance, normalise_text
 from forgetting.model import BLANK_ID
 
 
+def eval_batch_size(model: Wav2Vec2ForCTC, batch_size: int) -> int:
+    """The batch size at which padding cannot change a hypothesis: `batch_size`, or 1 for a model whose feature
+    encoder normalises over time with group norm (wav2vec2-base style, `feat_extract_norm: group`): its statistics
+    would include the padding of the shorter clips. Layer norm per frame and the attention mask make the others safe."""
+    return 1 if getattr(model.config, "feat_extract_norm", "layer") == "group" else batch_size
+
+
 def blank_padding_frames(model: Wav2Vec2ForCTC, logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """`logits` (batch, frames, vocab) with every frame past an utterance's end set to predict the blank,
     so greedy decoding reads each utterance as if it had been decoded alone. `attention_mask` is (batch, samples)."""
@@ -42,10 +49,11 @@ def greedy_decode(pred_ids: np.ndarray | torch.Tensor, tokenizer: Wav2Vec2CTCTok
 def transcribe(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, utterances: Sequence[Utterance], clips_dir: Path,
                batch_size: int, progress: bool = True) -> list[str]:
     """Greedy CTC hypotheses (normalised) in the order of `utterances`. Batches are formed longest first, so
-    little is padded, and frames past each utterance's end are blanked, so batching does not change a result."""
+    little is padded, and frames past each utterance's end are blanked, so batching does not change a result (a
+    group-norm encoder decodes one utterance at a time: `eval_batch_size`)."""
     order = sorted(range(len(utterances)), key=lambda i: -(utterances[i].duration_s or 0))
-    loader = DataLoader(UtteranceDataset([utterances[i] for i in order], clips_dir, processor), batch_size=batch_size,
-                        collate_fn=CTCCollator())
+    loader = DataLoader(UtteranceDataset([utterances[i] for i in order], clips_dir, processor),
+                        batch_size=eval_batch_size(model, batch_size), collate_fn=CTCCollator())
     device = next(model.parameters()).device
     model.eval()
     hypotheses: list[str] = []

@@ -1,6 +1,6 @@
-"""Every figure for print (matplotlib, Agg canvas, no pyplot state): where the Fisher mass sits by layer, the
-adapt learning curves with the EWC penalty, the test error rates, and the report's figures across experiments
-(forgetting against learning with the Pareto front, the λ sweep)."""
+"""Every figure for print (matplotlib, Agg canvas, no pyplot state): where the importance mass sits by layer, the
+adapt learning curves with the regulariser and the forgetting curve, the test error rates, and the report's figures
+across experiments (forgetting against learning with the Pareto front, the λ sweep)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 from matplotlib.transforms import Bbox
 
-from forgetting.curves import DEV_CER, DEV_LOSS, DEV_WER, TRAIN_CTC_LOSS, TRAIN_LOSS, TRAIN_PENALTY, read_curve
+from forgetting.curves import TRAIN_CTC_LOSS, TRAIN_KD_LOSS, TRAIN_LOSS, TRAIN_PENALTY, dev_curve, read_curve
 from forgetting.io import atomic_path
 from forgetting.scoring import Estimate
 
@@ -26,8 +26,9 @@ DPI = 200
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One experiment in the report's figures: `label` (method and λ) beside its marker, `group` (experiments of one
-    group share a marker and line), `lam` (None when it has no λ), and `rates`, its estimates by table column."""
+    """One experiment or seed group in the report's figures: `label` (its method and that method's knobs) beside its
+    marker, `group` (points of one group share a marker and line), `lam` (None for a method without λ), and `rates`,
+    its estimates by metrics key (`forgetting.nl.wer`, `adapted.de.wer`)."""
 
     label: str
     group: str
@@ -35,14 +36,14 @@ class SweepPoint:
     rates: Mapping[str, Estimate]
 
 
-def plot_fisher_by_layer(layers: Mapping[str, Mapping[str, float]], title: str, path: Path) -> None:
-    """Bars of each layer's share of the Fisher mass (sum) and of the parameters, bottom layer first."""
+def plot_importance_by_layer(layers: Mapping[str, Mapping[str, float]], title: str, path: Path) -> None:
+    """Bars of each layer's share of the importance mass (sum) and of the parameters, bottom layer first."""
     names = list(layers)
     entries = sum(s["entries"] for s in layers.values())
     figure = Figure(figsize=(7.0, 0.28 * len(names) + 1.6), layout="constrained")
     ax = figure.add_subplot()
     y = range(len(names))
-    ax.barh([i - 0.2 for i in y], [100 * layers[n]["share"] for n in names], height=0.4, label="Fisher mass")
+    ax.barh([i - 0.2 for i in y], [100 * layers[n]["share"] for n in names], height=0.4, label="importance mass")
     ax.barh([i + 0.2 for i in y], [100 * layers[n]["entries"] / entries for n in names], height=0.4,
             label="parameters", alpha=0.6)
     ax.set_yticks(list(y), names, fontsize=8)
@@ -53,23 +54,28 @@ def plot_fisher_by_layer(layers: Mapping[str, Mapping[str, float]], title: str, 
     _save(figure, path)
 
 
-def plot_adapt_curves(live_dir: Path, path: Path) -> None:
-    """Training CTC loss and penalty per step, and dev WER/CER per evaluation, from the adapt stage's curves."""
+def plot_adapt_curves(live_dir: Path, target: str, source: str, path: Path) -> None:
+    """The adapt stage's curves: training CTC loss and the regulariser per step (left); dev WER and CER per evaluation
+    on the target language and, on the same step axis, on the source language: the forgetting curve (right)."""
     figure = Figure(figsize=(9.0, 3.4), layout="constrained")
     loss_ax, dev_ax = figure.subplots(1, 2)
-    for curve, label in ((TRAIN_CTC_LOSS, "CTC loss (train)"), (TRAIN_PENALTY, "penalty (λ/2)·ΣF(θ−θ*)²"),
-                         (TRAIN_LOSS, "total (train)")):
-        loss_ax.plot(*read_curve(live_dir, curve), label=label)
-    loss_ax.plot(*read_curve(live_dir, DEV_LOSS), "o--", label="CTC loss (dev)")
+    for curve, label in ((TRAIN_CTC_LOSS, "CTC loss (train)"), (TRAIN_PENALTY, "penalty (λ/2)·ΣΩ(θ−θ*)²"),
+                         (TRAIN_KD_LOSS, "distillation (train)"), (TRAIN_LOSS, "total (train)")):
+        steps, values = read_curve(live_dir, curve)
+        if steps:
+            loss_ax.plot(steps, values, label=label)
+    loss_ax.plot(*read_curve(live_dir, dev_curve(target, "loss")), "o--", label=f"CTC loss ({target} dev)")
     loss_ax.set_xlabel("optimiser step")
     loss_ax.set_ylabel("loss (per utterance, nats)")
     loss_ax.set_yscale("symlog", linthresh=0.01)
     loss_ax.legend(fontsize=8)
-    for curve, name in ((DEV_WER, "WER"), (DEV_CER, "CER")):
-        steps, values = read_curve(live_dir, curve)
-        dev_ax.plot(steps, [100 * v for v in values], "o-", label=f"dev {name}")
+    for lang, style in ((target, "-"), (source, "--")):
+        for rate, marker in (("wer", "o"), ("cer", "s")):
+            steps, values = read_curve(live_dir, dev_curve(lang, rate))
+            dev_ax.plot(steps, [100 * v for v in values], marker + style, markersize=3, label=f"{lang} dev {rate.upper()}")
     dev_ax.set_xlabel("optimiser step")
     dev_ax.set_ylabel("error rate (%)")
+    dev_ax.set_title(f"learning {target} (solid), forgetting {source} (dashed)", fontsize=9)
     dev_ax.legend(fontsize=8)
     figure.suptitle("Adaptation to the target language")
     _save(figure, path)
@@ -149,14 +155,14 @@ def _figure() -> tuple[Figure, Axes]:
 
 def plot_forgetting_vs_german(sweep: Sequence[SweepPoint], path: Path) -> bool:
     """Dutch forgetting (x, pp) against German WER after adaptation (y, %), Pareto front marked; False if no points."""
-    kept = [p for p in sweep if p.rates["forgetting"].value is not None and p.rates["adapted.de.wer"].value is not None]
+    kept = [p for p in sweep if p.rates["forgetting.nl.wer"].value is not None and p.rates["adapted.de.wer"].value is not None]
     if not kept:
         return False
     styles = _styles(kept)
     fig, ax = _figure()
-    points = [(100 * p.rates["forgetting"].value, 100 * p.rates["adapted.de.wer"].value) for p in kept]
+    points = [(100 * p.rates["forgetting.nl.wer"].value, 100 * p.rates["adapted.de.wer"].value) for p in kept]
     for (x, y), p in zip(points, kept, strict=True):
-        ax.errorbar(x, y, xerr=_error_bar(x, p.rates["forgetting"]), yerr=_error_bar(y, p.rates["adapted.de.wer"]),
+        ax.errorbar(x, y, xerr=_error_bar(x, p.rates["forgetting.nl.wer"]), yerr=_error_bar(y, p.rates["adapted.de.wer"]),
                     fmt=styles[p.group][0], color="tab:blue", mfc="none", ecolor="0.7", elinewidth=0.8, capsize=2, ms=6)
     front = pareto_front(points)
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "-", color="tab:red", lw=1.2, zorder=0)
@@ -184,7 +190,7 @@ def plot_lambda_sweep(sweep: Sequence[SweepPoint], path: Path) -> bool:
     if not kept:
         return False
     series = (("adapted.nl.wer", "Dutch WER after (%)", "tab:blue"), ("adapted.de.wer", "German WER after (%)", "tab:orange"),
-              ("forgetting", "Dutch forgetting (pp)", "tab:red"))
+              ("forgetting.nl.wer", "Dutch forgetting (pp)", "tab:red"))
     styles = _styles(kept)
     fig, ax = _figure()
     for group, (marker, line) in styles.items():

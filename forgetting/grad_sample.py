@@ -1,5 +1,6 @@
-"""Per-utterance squared gradients, Σₙ meanₜ (∂ℓₙₜ/∂θ)² for the losses ℓₙₜ of utterance n and target t: the
-one-at-a-time loop (the reference) and a batched path that gives the same sums from one padded forward.
+"""Powers of per-utterance gradients, Σₙ meanₜ |∂ℓₙₜ/∂θ|ᵖ for the losses ℓₙₜ of utterance n and target t, p = 2
+(squared: the Fisher, the default) or p = 1 (absolute: MAS): the one-at-a-time loop (the reference) and a batched
+path that gives the same sums from one padded forward.
 
 `torch.func.vmap(grad(...))` and Opacus' `GradSampleModule` both fail on transformers' `Wav2Vec2ForCTC`: vmap on the
 attention-mask code (an `index_put_` it cannot batch) and on the built-in CTC loss (`.item()`, data-dependent control
@@ -7,8 +8,8 @@ flow); Opacus with "Output 0 of BackwardHookFunction is a view and is being modi
 masking; module full-backward hooks hit the same error). So the batched path uses *tensor* hooks registered inside
 forward hooks: a forward hook keeps a module's input and hooks its
 output; in backward that hook receives the output gradient of every utterance at once, and a closed form turns
-(input, output gradient) into each utterance's parameter gradient, which is squared and summed over the batch at
-once. Covered: `nn.Linear`, `nn.Conv1d` (any stride, padding, dilation, groups; plain weight or `weight_norm`),
+(input, output gradient) into each utterance's parameter gradient, whose power is summed over the batch at once.
+Covered: `nn.Linear`, `nn.Conv1d` (any stride, padding, dilation, groups; plain weight or `weight_norm`),
 `nn.LayerNorm`, `nn.GroupNorm`: every parameter of Wav2Vec2ForCTC that the loss uses. Any other parameter the loss
 reaches is done by the loop over the same utterances and targets.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,17 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _WeightNorm
 
 _SUPPORTED = (nn.Linear, nn.Conv1d, nn.LayerNorm, nn.GroupNorm)
+Power = Literal[1, 2]
+
+
+def _check_power(power: int) -> None:
+    if power not in (1, 2):
+        raise ValueError(f"power must be 1 (absolute gradients) or 2 (squared gradients), got {power!r}")
+
+
+def _power_(grads: Tensor, power: Power) -> Tensor:
+    """|grads|ᵖ, in place."""
+    return grads.square_() if power == 2 else grads.abs_()
 
 
 def _param_roles(module: nn.Module) -> dict[str, nn.Parameter] | None:
@@ -86,13 +99,14 @@ def _per_sample_grads(module: nn.Module, x: Tensor, grad: Tensor, roles: set[str
         if "weight" in roles:
             out["weight"] = (grad * x_hat).sum(sum_dims) if sum_dims else grad * x_hat
         if "bias" in roles:
-            out["bias"] = grad.sum(sum_dims) if sum_dims else grad.clone()  # the caller squares it in place
+            out["bias"] = grad.sum(sum_dims) if sum_dims else grad.clone()  # the caller takes its power in place
     return out
 
 
 class SquaredGradSampler:
     """Context manager that, for every backward pass through the model while it is active, adds
-    `weight · Σ_b (∂loss_b/∂θ)²` into `sums[name]` for each covered parameter (float32, the parameter's shape).
+    `weight · Σ_b |∂loss_b/∂θ|ᵖ` into `sums[name]` for each covered parameter (float32, the parameter's shape);
+    p = `power`: 2 (squared, the default, for the Fisher) or 1 (absolute, for MAS).
 
     Enter it once per batched forward. `covered` names the parameters it handles; `missed` lists covered parameters
     whose module output carried no gradient in the last forward (the hooks cannot see them then). A hooked module
@@ -101,8 +115,9 @@ class SquaredGradSampler:
     through every hooked module and stops there: nothing is spent on gradients that no hook uses.
     """
 
-    def __init__(self, model: nn.Module, sums: Mapping[str, Tensor]) -> None:
-        self.model, self.sums = model, sums
+    def __init__(self, model: nn.Module, sums: Mapping[str, Tensor], power: Power = 2) -> None:
+        _check_power(power)
+        self.model, self.sums, self.power = model, sums, power
         self.weight = 1.0
         self.missed: set[str] = set()
         self.leaves: list[Tensor] = []
@@ -117,7 +132,7 @@ class SquaredGradSampler:
             for name in named.values():
                 owners[name] = owners.get(name, 0) + 1
             candidates.append((module, named))
-        # A parameter shared between modules needs its per-utterance gradients summed before squaring: not covered.
+        # A parameter shared between modules needs its per-utterance gradients summed before the power: not covered.
         self._modules = [
             (module, {role: n for role, n in named.items() if n in sums and owners[n] == 1}) for module, named in candidates
         ]
@@ -154,7 +169,7 @@ class SquaredGradSampler:
             if self._calls[id(module)] > 1:
                 raise RuntimeError(
                     f"{type(module).__name__} owning {sorted(named.values())} ran twice in one forward: per-utterance "
-                    "gradients would need summing before squaring; use batch_size=1"
+                    "gradients would need summing before their power; use batch_size=1"
                 )
             if not output.requires_grad:
                 self.missed.update(named.values())
@@ -166,7 +181,7 @@ class SquaredGradSampler:
                     raise RuntimeError(f"input of {sorted(named.values())} was modified in place after its forward")
                 per_sample = _per_sample_grads(module, x, grad.reshape(output.shape), roles)
                 for role, name in named.items():
-                    self.sums[name].add_(per_sample[role].float().square_().sum(0), alpha=self.weight)
+                    self.sums[name].add_(_power_(per_sample[role].float(), self.power).sum(0), alpha=self.weight)
 
             # A hook on a view never fires once the view is modified in place (the model masks the projection's
             # output that way): hook the base instead when the view is just a reshape of it.
@@ -202,9 +217,10 @@ def padding_is_safe(model: nn.Module, audio: Sequence[Tensor]) -> bool:
 
 
 def accumulate_looped(model: nn.Module, audio: Sequence[Tensor], targets_for: TargetsFn, loss_fn: LossFn,
-                      params: Mapping[str, nn.Parameter], sums: Mapping[str, Tensor]) -> None:
+                      params: Mapping[str, nn.Parameter], sums: Mapping[str, Tensor], power: Power = 2) -> None:
     """Reference path: per utterance (audio (samples,) each) a batch-of-one forward, then per target one backward;
-    adds the mean over its targets of the squared gradient into `sums[name]`."""
+    adds the mean over its targets of the gradient's power |g|ᵖ (2: squared, 1: absolute) into `sums[name]`."""
+    _check_power(power)
     device = next(model.parameters()).device
     names, tensors = list(params), list(params.values())
     for b, row in enumerate(audio):
@@ -215,17 +231,21 @@ def accumulate_looped(model: nn.Module, audio: Sequence[Tensor], targets_for: Ta
             loss = loss_fn(logits, mask, [target])[0]
             grads = torch.autograd.grad(loss, tensors, retain_graph=t < len(targets) - 1, allow_unused=True)
             for name, grad in zip(names, grads, strict=True):
-                if grad is not None:
+                if grad is None:
+                    continue
+                if power == 2:
                     sums[name].addcmul_(grad, grad, value=1.0 / len(targets))  # fused: no squared copy
+                else:
+                    sums[name].add_(grad.abs_(), alpha=1.0 / len(targets))
 
 
 def accumulate_batched(sampler: SquaredGradSampler, audio: Sequence[Tensor], targets_for: TargetsFn, loss_fn: LossFn,
                        params: Mapping[str, nn.Parameter]) -> None:
-    """Batched path, same sums as `accumulate_looped` (into `sampler.sums`, for `sampler.model`): one padded forward
-    with the attention mask, per target index one backward of the summed per-utterance losses (all utterances need
-    the same number of targets). The caller checks `padding_is_safe`. Covered parameters are frozen during the pass:
-    only their per-utterance gradients (from the hooks) are needed, not the batch-summed one; the sampler's leaves
-    carry the gradient instead (so a frozen feature encoder is not backpropagated through)."""
+    """Batched path, same sums as `accumulate_looped` (into `sampler.sums`, for `sampler.model`, of `sampler.power`):
+    one padded forward with the attention mask, per target index one backward of the summed per-utterance losses
+    (all utterances need the same number of targets). The caller checks `padding_is_safe`. Covered parameters are
+    frozen during the pass: only their per-utterance gradients (from the hooks) are needed, not the batch-summed one;
+    the sampler's leaves carry the gradient instead (so a frozen feature encoder is not backpropagated through)."""
     model, sums = sampler.model, sampler.sums
     inputs, mask = _padded(audio, next(model.parameters()).device)
     frozen = [params[name] for name in sampler.covered]
@@ -249,4 +269,5 @@ def accumulate_batched(sampler: SquaredGradSampler, audio: Sequence[Tensor], tar
             p.requires_grad_(True)
     # A parameter the loss never reaches (e.g. masked_spec_embed in eval) has zero gradient for every utterance.
     if reached:
-        accumulate_looped(model, audio, lambda b, _: targets[b], loss_fn, {n: params[n] for n in sorted(reached)}, sums)
+        accumulate_looped(model, audio, lambda b, _: targets[b], loss_fn, {n: params[n] for n in sorted(reached)}, sums,
+                          sampler.power)

@@ -177,7 +177,9 @@ def apply_training_config(model: Wav2Vec2ForCTC, params: TrainParams) -> None:
     dropout_keys = ("hidden_dropout", "activation_dropout", "attention_dropout", "feat_proj_dropout", "final_dropout")
     model.config.update({key: params.dropout for key in dropout_keys})
     model.config.update({"layerdrop": params.layerdrop, "mask_time_prob": params.mask_time_prob})
-    for module in model.modules():
+    for name, module in model.named_modules():
+        if ".lora_dropout." in f".{name}.":  # LoRA's own dropout is adapt.lora.dropout, set by peft
+            continue
         if isinstance(module, nn.Dropout):
             module.p = params.dropout
         elif isinstance(getattr(module, "dropout", None), float):  # attention: functional dropout with this p

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from forgetting.errors import InputError
-from forgetting.layout import LANGUAGES
+from forgetting.layout import LANGUAGES, SPLITS
 
 
 class ParamsError(InputError):
@@ -31,29 +31,85 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 
 @dataclass(frozen=True)
-class DataParams:
-    corpus: str
+class ResourcesParams:
+    nproc_per_node: int  # processes per machine for pretrain, importance and adapt (torchrun); 1 = one plain process
 
     def check(self, key: str) -> None:
-        _require(bool(self.corpus.strip()), f"{key}.corpus", "must name a folder")
+        _require(self.nproc_per_node >= 1, f"{key}.nproc_per_node", f"must be >= 1, got {self.nproc_per_node}")
+
+
+@dataclass(frozen=True)
+class CommonVoiceSource:
+    """A language read from a Common Voice-layout folder: `<path>/{validated,train,dev,test}.tsv` and `<path>/clips/`."""
+
+    path: str
+
+    def check(self, key: str) -> None:
+        _require(bool(self.path.strip()), f"{key}.path", "must name a folder")
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A language read from a Hugging Face audio dataset on disk (`save_to_disk` folder or parquet files); the sample
+    stage writes the clips it draws to `clips`, from where the rest of the pipeline reads them."""
+
+    path: str
+    clips: str
+    audio: str  # the Audio column
+    sentence: str  # the text column
+    client_id: str | None  # the speaker column; None when the dataset has none (each row is then its own speaker)
+    splits: dict[str, str]  # our split name -> the dataset's split name
+
+    def check(self, key: str) -> None:
+        for name in ("path", "clips", "audio", "sentence"):
+            _require(bool(getattr(self, name).strip()), f"{key}.{name}", "must not be empty")
+        _require(sorted(self.splits) == sorted(SPLITS), f"{key}.splits",
+                 f"must map each of {list(SPLITS)} to a split of the dataset, got {self.splits}")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where each language comes from: every language of the pipeline in exactly one of the two groups (dvc.yaml runs
+    stage `sample` for each Common Voice language and `sample_hf` for each dataset language)."""
+
+    common_voice: dict[str, CommonVoiceSource]
+    datasets: dict[str, DatasetSource]
+
+    def check(self, key: str) -> None:
+        for lang in LANGUAGES:
+            groups = [group for group in ("common_voice", "datasets") if lang in getattr(self, group)]
+            _require(len(groups) == 1, f"{key}.common_voice", f"language {lang!r} must be in exactly one of "
+                     f"data.common_voice and data.datasets, is in {groups or 'neither'}")
+        for group in ("common_voice", "datasets"):
+            unknown = sorted(set(getattr(self, group)) - set(LANGUAGES))
+            _require(not unknown, f"{key}.{group}.{unknown[0] if unknown else ''}",
+                     f"not a language of the pipeline ({', '.join(LANGUAGES)})")
+
+    def source(self, lang: str) -> CommonVoiceSource | DatasetSource:
+        """The source of `lang`."""
+        return self.common_voice[lang] if lang in self.common_voice else self.datasets[lang]
 
 
 @dataclass(frozen=True)
 class DemoParams:
     clips_per_lang: int
     speakers: int
+    readers_per_sentence: float  # mean readers of a sentence, as in Common Voice (each sentence is read 1 to 3 times)
 
     def check(self, key: str) -> None:
         _require(self.clips_per_lang >= 10, f"{key}.clips_per_lang", f"must be >= 10, got {self.clips_per_lang}")
         _require(self.speakers >= 3, f"{key}.speakers", f"must be >= 3 for three speaker-disjoint splits, got {self.speakers}")
         _require(self.clips_per_lang >= self.speakers, f"{key}.clips_per_lang",
                  f"must be >= demo.speakers ({self.speakers}) so every speaker has a clip, got {self.clips_per_lang}")
+        _require(1 <= self.readers_per_sentence <= 3, f"{key}.readers_per_sentence",
+                 f"must be in [1, 3], got {self.readers_per_sentence}")
 
 
 @dataclass(frozen=True)
 class LanguageSample:
     n: int
     alphabet: str
+    splits: Literal["grouped", "official"]  # ours (speaker- and sentence-disjoint) | the release's train/dev/test
 
     def check(self, key: str) -> None:
         _require(self.n >= 1, f"{key}.n", f"must be >= 1, got {self.n}")
@@ -77,12 +133,18 @@ class SplitFractions:
 @dataclass(frozen=True)
 class SampleParams:
     min_up_votes: int
+    include_segments: bool  # Common Voice's single-word Benchmark rows (non-empty `segment`)
     split: SplitFractions
+    split_tolerance: float  # grouped splits: each within this fraction of its target
+    max_speaker_share: float  # grouped splits: the largest speaker's share of dev and of test
     nl: LanguageSample
     de: LanguageSample
 
     def check(self, key: str) -> None:
         _require(self.min_up_votes >= 0, f"{key}.min_up_votes", f"must be >= 0, got {self.min_up_votes}")
+        _require(0 < self.split_tolerance < 1, f"{key}.split_tolerance", f"must be in (0, 1), got {self.split_tolerance}")
+        _require(0 < self.max_speaker_share <= 1, f"{key}.max_speaker_share",
+                 f"must be in (0, 1], got {self.max_speaker_share}")
 
     def language(self, lang: str) -> LanguageSample:
         if lang not in LANGUAGES:
@@ -121,6 +183,7 @@ class ModelParams:
 class TrainParams:
     """One training run of the shared core (pretrain, adapt)."""
 
+    seed: int  # the training seed: initialisation, batch order, dropout; the data seed is the top-level `seed`
     lr: float
     warmup_ratio: float
     epochs: float | None
@@ -142,6 +205,7 @@ class TrainParams:
     max_skipped_fraction: float  # steps with a non-finite loss or gradient, skipped; more than this fraction stop the run
 
     def check(self, key: str) -> None:
+        _require(self.seed >= 0, f"{key}.seed", f"must be >= 0, got {self.seed}")
         _require(self.lr > 0, f"{key}.lr", f"must be > 0, got {self.lr}")
         _require((self.epochs is None) != (self.max_steps is None), f"{key}.epochs",
                  f"set exactly one of epochs and max_steps, got epochs={self.epochs}, max_steps={self.max_steps}")
@@ -168,9 +232,12 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
-class FisherParams:
+class ImportanceParams:
+    """The importance of each weight for the source task: the diagonal Fisher (EWC), or MAS's (adapt.method: mas)."""
+
     samples: int
-    kind: Literal["empirical", "sampled"]
+    fisher: Literal["empirical", "sampled"]  # reference labels | labels drawn from the model
+    loss: Literal["log_likelihood", "training_loss"]  # the model's log-likelihood | the CTC loss as training divides it
     draws: int
     normalize: Literal["none", "max", "mean"]
     batch_size: int
@@ -181,42 +248,89 @@ class FisherParams:
         _require(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
 
 
+@dataclass(frozen=True)
+class LoraParams:
+    rank: int
+    alpha: float
+    dropout: float
+    target_modules: list[str]
+
+    def check(self, key: str) -> None:
+        _require(self.rank >= 1, f"{key}.rank", f"must be >= 1, got {self.rank}")
+        _require(self.alpha > 0, f"{key}.alpha", f"must be > 0, got {self.alpha}")
+        _require(0 <= self.dropout < 1, f"{key}.dropout", f"must be in [0, 1), got {self.dropout}")
+        _require(bool(self.target_modules), f"{key}.target_modules", "must name at least one module")
+
+
+METHODS = ("ewc", "mas", "l2", "lwf", "lora")
+PENALTY_METHODS = ("ewc", "mas", "l2")  # the methods that use adapt.ewc_lambda
+
+
 @dataclass(frozen=True, kw_only=True)
 class AdaptParams(TrainParams):
-    method: Literal["ewc", "l2"]
-    ewc_lambda: float
+    method: Literal["ewc", "mas", "l2", "lwf", "lora"]
+    ewc_lambda: float  # the penalty weight of ewc, mas and l2
     ewc_dtype: Literal["float32", "bfloat16"]
+    kd_weight: float  # lwf
+    kd_temperature: float  # lwf
+    lora: LoraParams
+    replay_fraction: float  # any method: the share of every batch drawn from source-language training utterances
+    replay_samples: int  # the source utterances replay draws from
+    keep: Literal["last", "best_target_dev", "best_average_dev"]  # which checkpoint becomes the adapted model
 
     def check(self, key: str) -> None:
         super().check(key)
         _require(self.ewc_lambda >= 0, f"{key}.ewc_lambda", f"must be >= 0, got {self.ewc_lambda}")
+        _require(self.kd_weight >= 0, f"{key}.kd_weight", f"must be >= 0, got {self.kd_weight}")
+        _require(self.kd_temperature > 0, f"{key}.kd_temperature", f"must be > 0, got {self.kd_temperature}")
+        _require(0 <= self.replay_fraction < 1, f"{key}.replay_fraction", f"must be in [0, 1), got {self.replay_fraction}")
+        _require(self.replay_samples >= 1, f"{key}.replay_samples", f"must be >= 1, got {self.replay_samples}")
+        count = self.replay_fraction * self.batch_size  # source utterances in every batch
+        _require(count == 0 or (math.isclose(count, round(count), abs_tol=1e-9) and 1 <= round(count) < self.batch_size),
+                 f"{key}.replay_fraction", f"{self.replay_fraction} x batch_size {self.batch_size} = {count:g}: must be "
+                 f"a whole number of utterances from 1 to {self.batch_size - 1}")
+
+
+@dataclass(frozen=True)
+class AverageParams:
+    alpha: float  # θ = (1 − α)·θ* + α·θ_adapted; 1 = no averaging
+
+    def check(self, key: str) -> None:
+        _require(0 <= self.alpha <= 1, f"{key}.alpha", f"must be in [0, 1], got {self.alpha}")
 
 
 @dataclass(frozen=True)
 class EvalParams:
     batch_size: int
     bootstrap_samples: int
+    bootstrap: Literal["speaker", "utterance"]  # what the bootstrap resamples
+    min_speakers: int  # a test set with fewer speakers gets no interval
 
     def check(self, key: str) -> None:
         _require(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.bootstrap_samples >= 0, f"{key}.bootstrap_samples", f"must be >= 0, got {self.bootstrap_samples}")
+        _require(self.min_speakers >= 2, f"{key}.min_speakers", f"must be >= 2, got {self.min_speakers}")
 
 
 @dataclass(frozen=True)
 class Params:
-    seed: int
+    seed: int  # the data seed: the demo corpus, samples and splits, the importance's utterances, replay, bootstrap
+    resources: ResourcesParams
     data: DataParams
     demo: DemoParams
     sample: SampleParams
     validate: ValidateParams
     model: ModelParams
     pretrain: TrainParams
-    fisher: FisherParams
+    importance: ImportanceParams
     adapt: AdaptParams
+    average: AverageParams
     eval: EvalParams
 
     def check(self, key: str) -> None:
         _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        for stage in ("pretrain", "adapt"):  # the effective batch must divide over the processes before any work
+            getattr(self, stage).grad_accum_steps(self.resources.nproc_per_node, stage)
 
 
 def _convert(value: Any, hint: Any, key: str) -> Any:
@@ -235,7 +349,16 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         return _build(hint, value, key)
     if origin is dict or hint is dict:
         _require(isinstance(value, dict), key, f"must be a mapping, got {value!r}")
-        return dict(value)
+        key_type, value_type = typing.get_args(hint) or (str, Any)
+        if value_type is Any:  # free-form (model.config: Wav2Vec2Config checks it)
+            return dict(value)
+        for name in value:
+            _require(isinstance(name, key_type), f"{key}.{name}", f"must be a {key_type.__name__} key")
+        return {name: _convert(item, value_type, f"{key}.{name}") for name, item in value.items()}
+    if origin is list:
+        _require(isinstance(value, list), key, f"must be a list, got {value!r}")
+        (item_type,) = typing.get_args(hint)
+        return [_convert(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
     if hint is bool:
         _require(isinstance(value, bool), key, f"must be true or false, got {value!r}")
         return value

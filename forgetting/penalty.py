@@ -1,15 +1,18 @@
-"""Elastic weight consolidation's penalty (λ/2)·Σᵢ Fᵢ·(θᵢ − θ*ᵢ)², the ½ included, θ* the pretrained weights;
-without a Fisher F = 1 (the L2 baseline). The Fisher comes from `forgetting.fisher`.
+"""The quadratic penalty (λ/2)·Σᵢ Ωᵢ·(θᵢ − θ*ᵢ)², the ½ included, θ* the pretrained weights: elastic weight
+consolidation with Ω the diagonal Fisher (`forgetting.fisher`), memory aware synapses with Ω the MAS importance
+(`forgetting.mas`), and the L2 baseline with Ω = 1.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from forgetting.curves import TRAIN_PENALTY
+from forgetting.regulariser import Regulariser
 
 
 def ewc_penalty(params: Mapping[str, Tensor], fisher: Mapping[str, Tensor], anchor: Mapping[str, Tensor],
@@ -22,46 +25,26 @@ def ewc_penalty(params: Mapping[str, Tensor], fisher: Mapping[str, Tensor], anch
     return 0.5 * lam * torch.as_tensor(total)
 
 
-class _PenaltyFunction(torch.autograd.Function):
-    """Forward: the penalty value. Backward: queues `EWCPenalty._add_grad` for the end of the backward pass and
-    returns no gradient through autograd, so no model-sized gradient tensor is ever built or returned. The only
-    tensor input is a token that requires grad: it makes autograd call the backward, while the 200-odd parameters
-    travel as a plain list (as inputs they would cost graph edges and saved tensors every micro-batch)."""
-
-    @staticmethod
-    def forward(ctx: Any, token: Tensor, penalty: EWCPenalty, params: list[Tensor]) -> Tensor:
-        ctx.penalty, ctx.params = penalty, params
-        return penalty._value(params)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[None, None, None]:
-        # A Python float lets the gradient go in with one fused op (costs one host sync per backward on a GPU).
-        penalty, params, scale = ctx.penalty, ctx.params, float(grad_output) * ctx.penalty.lam
-        torch.autograd.Variable._execution_engine.queue_callback(lambda: penalty._add_grad(params, scale))
-        return None, None, None
-
-
-class EWCPenalty:
-    """The EWC penalty (λ/2)·Σᵢ Fᵢ·(θᵢ − θ*ᵢ)² (½ included) over every trainable parameter of the model.
+class EWCPenalty(Regulariser):
+    """The penalty (λ/2)·Σᵢ Fᵢ·(θᵢ − θ*ᵢ)² (½ included) over every trainable parameter of the model, F the importance
+    (a Fisher, or MAS's).
 
     Holds F and θ* once each, copied at construction (θ* = the weights then), in `dtype` (float32, or bfloat16 to
     halve the memory; θ − θ* is then computed in float32 from the rounded θ*). `fisher=None` uses F = 1 (the L2
     baseline) and stores no F. λ = 0 runs the same code (value 0, gradient contribution 0). Every trainable
-    parameter needs a Fisher of its shape, and every Fisher name must be a model parameter (a Fisher for a frozen
+    parameter needs an importance of its shape, and every importance name must be a model parameter (one for a frozen
     parameter is allowed and unused: θ = θ* there, so its term is 0); anything else raises, naming the parameter.
 
-    `penalty(model)` returns a scalar that requires grad; the training core adds it to the CTC loss of every
-    micro-batch. Its backward adds λ·F·(θ − θ*)·grad_output into each `p.grad` in place (creating it if None) when
-    the backward pass ends, after the CTC gradients have been accumulated, so EWC never makes gradient buffers exist
-    earlier than training does. grad_output carries the loss scaling (fp16 GradScaler) and the Trainer's division by
-    the gradient-accumulation steps, so the penalty is scaled consistently with the CTC loss and counted exactly once
-    per optimiser step (θ does not change within an accumulation cycle, so this is exact). Work is done tensor group
-    by tensor group with `torch._foreach_*` ops in one float32 workspace the size of the largest parameter tensor,
-    allocated once: with a float32 F nothing is allocated per step (fresh temporaries cost more than the arithmetic
-    on a CPU; a bfloat16 F is widened one tensor at a time) and nothing model-sized is saved for backward. Use it
-    with `.backward()` (as the Trainer does), not `torch.autograd.grad`, double backward or DistributedDataParallel:
-    the gradient is written outside autograd's accumulation, which those never see.
+    Its gradient λ·F·(θ − θ*) does not depend on the batch, and θ does not change within an accumulation cycle, so
+    the training core adds it once per optimiser step (`add_gradient`), after the micro-batches' gradients have been
+    accumulated and reduced across processes and before clipping: under DistributedDataParallel every process holds
+    the same θ and adds the same gradient, which no reduction then overwrites. Its value is computed only when it is
+    logged (`value`). Work is done tensor group by tensor group with `torch._foreach_*` ops in one float32 workspace
+    the size of the largest parameter tensor, allocated once: with a float32 F nothing is allocated per step (fresh
+    temporaries cost more than the arithmetic on a CPU; a bfloat16 F is widened one tensor at a time).
     """
+
+    curve = TRAIN_PENALTY
 
     def __init__(self, model: nn.Module, fisher: Mapping[str, Tensor] | None, lam: float,
                  dtype: torch.dtype = torch.float32) -> None:
@@ -99,7 +82,6 @@ class EWCPenalty:
         self._anchor_groups = [[anchors[i] for i in index] for index in self._index_groups]
         self._fisher_groups = [[fishers[i] for i in index] if fishers else [] for index in self._index_groups]
         self._workspace = torch.empty(budget, dtype=torch.float32, device=anchors[0].device)
-        self._token = torch.zeros((), device=anchors[0].device, requires_grad=True)
         self._model: weakref.ReferenceType[nn.Module] | None = None
         self._params: list[Tensor] = []
 
@@ -108,8 +90,17 @@ class EWCPenalty:
         tensors = [t for group in self._anchor_groups + self._fisher_groups for t in group] + [self._workspace]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def __call__(self, model: nn.Module) -> Tensor:
-        """The penalty at the model's current weights: a scalar (float32) that requires grad."""
+    def value(self, model: nn.Module) -> Tensor:
+        """The penalty at the model's current weights: a float32 scalar, without autograd."""
+        with torch.no_grad():
+            return self._value(self._anchored(model))
+
+    def add_gradient(self, model: nn.Module, scale: float = 1.0) -> None:
+        """p.grad += scale·λ·F·(θ − θ*) for every anchored parameter (a missing `.grad` is created)."""
+        self._add_grad(self._anchored(model), scale * self.lam)
+
+    def _anchored(self, model: nn.Module) -> list[Tensor]:
+        """The model's anchored parameters, in the order of F and θ*; F, θ* and the workspace follow the model's device."""
         if self._model is None or self._model() is not model:  # resolve names once per model object
             found = dict(model.named_parameters())
             missing = [n for n in self.names if n not in found]
@@ -120,12 +111,11 @@ class EWCPenalty:
         if frozen:
             raise ValueError(f"anchored parameters were frozen after the penalty was built: {frozen}")
         device = self._params[0].device
-        if self._token.device != device:  # the Trainer moved the model after construction
-            self._token = self._token.to(device).requires_grad_(True)
+        if self._workspace.device != device:  # the Trainer moved the model after construction
             self._anchor_groups = [[t.to(device) for t in group] for group in self._anchor_groups]
             self._fisher_groups = [[t.to(device) for t in group] for group in self._fisher_groups]
             self._workspace = self._workspace.to(device)
-        return _PenaltyFunction.apply(self._token, self, self._params)
+        return self._params
 
     def _diffs(self, index: Sequence[int], anchors: Sequence[Tensor], params: Sequence[Tensor]) -> list[Tensor]:
         """θ − θ* (float32) for one group, written into views of the workspace."""
@@ -137,7 +127,7 @@ class EWCPenalty:
         return diffs
 
     def _value(self, params: Sequence[Tensor]) -> Tensor:
-        """(λ/2)·Σ F·(θ − θ*)², a float32 scalar; runs without grad (inside the autograd Function)."""
+        """(λ/2)·Σ F·(θ − θ*)², a float32 scalar."""
         sums: list[Tensor] = []
         for index, anchors, fishers in zip(self._index_groups, self._anchor_groups, self._fisher_groups, strict=True):
             diffs = self._diffs(index, anchors, params)
@@ -149,7 +139,7 @@ class EWCPenalty:
         return torch.stack(sums).sum() * (0.5 * self.lam)
 
     def _add_grad(self, params: Sequence[Tensor], scale: float) -> None:
-        """p.grad += scale·F·(θ − θ*) for every anchored parameter (scale = λ·grad_output)."""
+        """p.grad += scale·F·(θ − θ*) for every anchored parameter."""
         with torch.no_grad():
             for index, anchors, fishers in zip(self._index_groups, self._anchor_groups, self._fisher_groups, strict=True):
                 group = [params[i] for i in index]

@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("forgetting", "stages")  # the project's code: this library and the entry points
 # What defines a training run of each stage, besides its files: the params sections it reads (as in dvc.yaml).
-RUN_PARAMS = {"pretrain": ("seed", "data", "model", "pretrain"), "adapt": ("seed", "data", "adapt")}
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what peft saves in a checkpoint of a LoRA run
+RUN_PARAMS = {"pretrain": ("seed", "resources", "data", "model", "pretrain"),
+              "adapt": ("seed", "resources", "data", "adapt")}
 
 
 def run_config(params: Params, stage: str) -> dict[str, object]:
@@ -71,8 +73,9 @@ def checkpoint_step(checkpoint: Path) -> int | None:
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
     """Why a Trainer checkpoint folder cannot be resumed from (a file missing or cut by a kill), or None when it is
-    complete: trainer_state.json parses at its step, the weights file opens, the optimizer, scheduler and RNG states
-    are whole zip archives (what `torch.save` writes), and the copy of the curves, written last, is there."""
+    complete: trainer_state.json parses at its step, the weights file (or a LoRA run's adapter file) opens, the
+    optimizer, scheduler and RNG states are whole zip archives (what `torch.save` writes), and the copy of the curves,
+    written last, is there."""
     state = checkpoint / "trainer_state.json"
     if not state.is_file():
         return f"no {state.name} (the save did not finish)"
@@ -82,11 +85,13 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
         return f"{state.name} is not a complete trainer state ({err})"
     if step != checkpoint_step(checkpoint):
         return f"{state.name} holds step {step}, the folder's name says {checkpoint_step(checkpoint)}"
+    adapter = checkpoint / ADAPTER_WEIGHTS  # a LoRA run's checkpoint holds its adapters, not the whole model
+    weights = adapter if adapter.is_file() else weights_file(checkpoint)
     try:
-        with safe_open(str(weights_file(checkpoint)), framework="pt"):
+        with safe_open(str(weights), framework="pt"):
             pass
     except (SafetensorError, OSError) as err:
-        return f"{weights_file(checkpoint).name}: {err}"
+        return f"{weights.name}: {err}"
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
         if not zipfile.is_zipfile(checkpoint / name):
             return f"{name} is missing or cut"

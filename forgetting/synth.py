@@ -1,11 +1,14 @@
 """The embedded demo corpus: Dutch and German sentences spoken by eSpeak NG, written in the Common Voice layout.
 
 `write_demo_corpus` writes `<out>/<lang>/validated.tsv` (Common Voice's header, tab-separated, unquoted,
-UTF-8) and `<out>/<lang>/clips/common_voice_<lang>_<n>.mp3` (48 kHz mono MP3). A speaker is one (eSpeak
-voice variant, rate, pitch) combination with its own 128-hex-digit `client_id`; sentences come from
-`forgetting/wordlists.py`. All draws come from `random.Random(seed, language)`, so the same arguments give a
-byte-identical `validated.tsv`; the clips too, when each call runs in a fresh process (eSpeak carries its
-pitch-flutter phase from one utterance to the next and no API call resets it).
+UTF-8), the release's official splits `train.tsv`, `dev.tsv` and `test.tsv` (`official_splits`), and
+`<out>/<lang>/clips/common_voice_<lang>_<n>.mp3` (48 kHz mono MP3). A speaker is one (eSpeak voice variant, rate,
+pitch) combination with its own 128-hex-digit `client_id`; speakers record unequal numbers of clips (log-normal
+weights, as real releases are heavy-tailed). Sentences come from `forgetting/wordlists.py`, and as in Common Voice
+a sentence is read by several speakers: `readers_per_sentence` on average, so splits must keep sentences apart as
+well as speakers. All draws come from `random.Random(seed, language)`, so the same arguments give byte-identical
+metadata files; the clips too, when each call runs in a fresh process (eSpeak carries its pitch-flutter phase from
+one utterance to the next and no API call resets it).
 
 Planted defects: one row of each kind per language, at seeded positions, because real releases hold them
 and the pipeline must reject them (`DEFECTS`):
@@ -14,12 +17,12 @@ and the pipeline must reject them (`DEFECTS`):
 - `empty_sentence`: the sentence field is empty (the clip is fine).
 - `too_long`: several sentences spoken as one clip of 70+ words (about 20 to 35 s, far over 10 s).
 - `down_voted`: more down-votes than up-votes, and the clip speaks a different sentence than the row says.
+- `segment`: a single number word in Common Voice's `Benchmark` segment (a non-empty `segment` column), which the
+  sample stage leaves out unless `sample.include_segments`.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import hashlib
 import io
 import random
@@ -29,18 +32,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import espeakng_loader
 import numpy as np
 import soundfile
 import soxr
 
+from forgetting.corpus import normalise_text
+from forgetting.espeak import open_espeak
 from forgetting.io import atomic_write_text
-from forgetting.layout import CORPUS_METADATA, clips_dir
+from forgetting.layout import SPLITS, corpus_clips, corpus_metadata
 from forgetting.wordlists import LEXICONS, Lexicon
 
 HEADER = ("client_id", "path", "sentence_id", "sentence", "sentence_domain", "up_votes", "down_votes", "age", "gender",
           "accents", "variant", "locale", "segment")
-DEFECTS = ("corrupt_clip", "missing_clip", "empty_sentence", "too_long", "down_voted")
+DEFECTS = ("corrupt_clip", "missing_clip", "empty_sentence", "too_long", "down_voted", "segment")
+OFFICIAL_SPLITS = {"test": 0.1, "dev": 0.1}  # the release's dev and test shares; train holds the rest
 CLIP_RATE_HZ = 48_000
 VARIANTS = ("f1", "f2", "f3", "f4", "f5", "m1", "m2", "m3", "m4", "m5", "m6", "m7")  # in espeak-ng-data/voices/!v
 RATES_WPM = range(130, 201, 5)
@@ -53,74 +58,7 @@ LONG_CLIP_WORDS = 70
 PROGRESS_INTERVAL_S = 5.0
 MIN_CLIP_S = 1.5  # a short sentence at a fast rate lasts 0.9 s: pad it, so only planted rows fail validation
 HEADROOM = 0.8  # eSpeak peaks near int16 full scale; resampling and MP3 encoding would overshoot it
-
-# speak_lib.h; with INITIALIZE_DONT_EXIT a wrong data folder is an error instead of exit()
-_AUDIO_OUTPUT_SYNCHRONOUS, _INITIALIZE_DONT_EXIT = 2, 0x8000
-_POS_CHARACTER, _CHARS_UTF8, _ENDPAUSE, _RATE, _PITCH = 1, 0x1, 0x1000, 1, 3
-_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-
 _SLOT = re.compile(r"\{(\w+)\}")
-
-
-class ESpeak:
-    """eSpeak NG from the `espeakng-loader` wheel, driven through ctypes in synchronous mode.
-
-    The library holds one global state per process (voice, parameters, callback): create it through
-    `open_espeak()` and use it from one thread.
-    """
-
-    def __init__(self) -> None:
-        lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                                     ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-        data_path = espeakng_loader.get_data_path()
-        rate_hz = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data_path).encode(), _INITIALIZE_DONT_EXIT)
-        if rate_hz <= 0:
-            raise RuntimeError(f"espeak_Initialize failed with data folder {data_path}: returned {rate_hz}")
-        self._lib, self.sample_rate_hz = lib, rate_hz
-        self._chunks: list[bytes] = []
-        # The C side keeps only a pointer: this reference keeps the callback alive.
-        self._callback = _SYNTH_CALLBACK(self._collect)
-        lib.espeak_SetSynthCallback(self._callback)
-
-    def _collect(self, wav: ctypes._Pointer, samples: int, events: int | None) -> int:
-        if samples > 0:
-            self._chunks.append(ctypes.string_at(wav, samples * 2))
-        return 0  # 0 = go on synthesising
-
-    def synthesise(self, text: str, voice: str, rate_wpm: int, pitch: int, noise_seed: int = 0) -> np.ndarray:
-        """`text` spoken by eSpeak voice `voice` (e.g. "nl+f3"): int16 samples at `sample_rate_hz`, shape (samples,).
-
-        The breathy variants (f2, f3, f5) draw noise from eSpeak's own generator, whose state otherwise
-        differs from process to process: it is seeded with `noise_seed` first.
-        """
-        error = self._lib.espeak_SetVoiceByName(voice.encode())
-        if error:
-            raise RuntimeError(f"eSpeak voice {voice!r}: espeak_SetVoiceByName returned {error}")
-        self._lib.espeak_SetParameter(_RATE, rate_wpm, 0)
-        self._lib.espeak_SetParameter(_PITCH, pitch, 0)
-        self._lib.espeak_ng_SetRandSeed(noise_seed)
-        self._chunks = []
-        data = text.encode("utf-8")
-        error = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _ENDPAUSE, None, None)
-        if error:
-            raise RuntimeError(f"eSpeak voice {voice!r}: espeak_Synth returned {error} for {text!r}")
-        samples = np.frombuffer(b"".join(self._chunks), dtype=np.int16)
-        if samples.size == 0:
-            raise RuntimeError(f"eSpeak voice {voice!r}: no audio for {text!r}")
-        return samples
-
-
-@functools.cache
-def open_espeak() -> ESpeak:
-    """The process's one eSpeak instance (the library cannot hold two), initialised on first use."""
-    return ESpeak()
-
 
 @dataclass(frozen=True)
 class Speaker:
@@ -232,12 +170,27 @@ def encode_mp3(audio: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_demo_corpus(out: Path, lang: str, clips: int, speakers: int, seed: int) -> DemoSummary:
+def draw_sentences(lexicon: Lexicon, clips: int, readers_per_sentence: float, rnd: random.Random) -> list[str]:
+    """One sentence per clip: `clips / readers_per_sentence` distinct sentences (distinct once normalised), each read
+    at least once, the other readings spread over them at random, in random order."""
+    distinct = max(1, round(clips / readers_per_sentence))
+    pool: dict[str, str] = {}
+    while len(pool) < distinct:
+        sentence = compose_sentence(lexicon, rnd)
+        pool.setdefault(normalise_text(sentence), sentence)
+    sentences = list(pool.values())
+    readings = sentences + rnd.choices(sentences, k=clips - distinct)
+    rnd.shuffle(readings)
+    return readings
+
+
+def write_demo_corpus(out: Path, lang: str, clips: int, speakers: int, seed: int,
+                      readers_per_sentence: float = 1.0) -> DemoSummary:
     """Synthesise `clips` rows for `lang` by `speakers` speakers into `<out>/<lang>`, replacing what was there.
 
-    Every speaker has at least one row; one row of each kind in `DEFECTS` is planted at a seeded position.
-    validated.tsv is written last, under a temporary name then renamed, so an interrupted run never leaves
-    a complete-looking corpus.
+    Every speaker has at least one row; one row of each kind in `DEFECTS` is planted at a seeded position. The
+    metadata files are written last, each under a temporary name then renamed, validated.tsv last of all, so an
+    interrupted run never leaves a complete-looking corpus.
     """
     if lang not in LEXICONS:
         raise ValueError(f"demo language {lang!r}: no word lists (have {', '.join(LEXICONS)})")
@@ -246,13 +199,15 @@ def write_demo_corpus(out: Path, lang: str, clips: int, speakers: int, seed: int
     lexicon = LEXICONS[lang]
     rnd = random.Random(f"demo-{seed}-{lang}")
     voices = draw_speakers(lang, speakers, rnd)
-    weights = [rnd.uniform(0.5, 2.0) for _ in voices]  # uneven speakers, as in a real release
+    weights = [rnd.lognormvariate(0.0, 0.6) for _ in voices]  # uneven speakers, as in a real release
     assignment = list(range(speakers)) + rnd.choices(range(speakers), weights, k=clips - speakers)
     rnd.shuffle(assignment)
     numbers = rnd.sample(range(10_000_000, 100_000_000), clips)
     planted = dict(zip(rnd.sample(range(clips), len(DEFECTS)), DEFECTS, strict=True))
+    readings = draw_sentences(lexicon, clips, readers_per_sentence, rnd)
 
-    root, clip_dir = out / lang, clips_dir(out, lang)
+    root = out / lang
+    clip_dir = corpus_clips(root)
     shutil.rmtree(root, ignore_errors=True)
     clip_dir.mkdir(parents=True)
     espeak = open_espeak()
@@ -263,9 +218,12 @@ def write_demo_corpus(out: Path, lang: str, clips: int, speakers: int, seed: int
             print(f"demo {lang}: {i}/{clips} clips, {i / (now - start):.0f} clips/s", flush=True)
             next_report = now + PROGRESS_INTERVAL_S
         speaker, kind, path = voices[assignment[i]], planted.get(i), f"common_voice_{lang}_{numbers[i]}.mp3"
-        sentence = spoken = compose_sentence(lexicon, rnd)
-        up_votes, down_votes = rnd.randint(2, 4), rnd.randint(0, 1)
-        if kind == "empty_sentence":
+        sentence = spoken = readings[i]
+        up_votes, down_votes, segment = rnd.randint(2, 4), rnd.randint(0, 1), ""
+        if kind == "segment":
+            sentence = spoken = rnd.choice(lexicon.numbers).capitalize()
+            segment = "Benchmark"
+        elif kind == "empty_sentence":
             sentence = ""
         elif kind == "too_long":
             while len(sentence.split()) < LONG_CLIP_WORDS:
@@ -280,11 +238,34 @@ def write_demo_corpus(out: Path, lang: str, clips: int, speakers: int, seed: int
             data = encode_mp3(audio)
             (clip_dir / path).write_bytes(data[:CORRUPT_CLIP_BYTES] if kind == "corrupt_clip" else data)
         rows.append((speaker.client_id, path, hashlib.sha256(sentence.encode()).hexdigest(), sentence, "",
-                     str(up_votes), str(down_votes), speaker.age, speaker.gender, speaker.accent, "", lang, ""))
+                     str(up_votes), str(down_votes), speaker.age, speaker.gender, speaker.accent, "", lang, segment))
         if kind:
             defects.append(PlantedDefect(kind, path, line=i + 2))
-    _write_metadata(root / CORPUS_METADATA, rows)
+    for name, split_rows in official_splits(rows).items():
+        _write_metadata(corpus_metadata(root, name), split_rows)
+    _write_metadata(corpus_metadata(root), rows)
     return DemoSummary(lang, root, clips, speakers, audio_s, tuple(defects))
+
+
+def official_splits(rows: list[tuple[str, ...]]) -> dict[str, list[tuple[str, ...]]]:
+    """The release's own train/dev/test, as Common Voice's CorporaCreator makes them: one recording per sentence (the
+    first, by speaker), speakers from the fewest recordings up filling test, then dev (`OFFICIAL_SPLITS` of those
+    recordings each), train the rest. Disjoint by speaker and by sentence; rows in validated.tsv's order."""
+    recordings = {client: sum(row[0] == client for row in rows) for client in {row[0] for row in rows}}
+    first: dict[str, tuple[str, ...]] = {}
+    for row in sorted(rows, key=lambda row: (recordings[row[0]], row[0])):
+        first.setdefault(normalise_text(row[3]), row)
+    kept = set(first.values())
+    speakers = sorted(recordings, key=lambda client: (recordings[client], client))
+    per_speaker = {client: [row for row in rows if row in kept and row[0] == client] for client in speakers}
+    splits: dict[str, set[str]] = {name: set() for name in SPLITS}
+    filled, order = dict.fromkeys(SPLITS, 0), iter(speakers)
+    for name, share in OFFICIAL_SPLITS.items():
+        while filled[name] < share * len(kept) and (client := next(order, None)) is not None:
+            splits[name].add(client)
+            filled[name] += len(per_speaker[client])
+    splits["train"] = set(speakers) - splits["dev"] - splits["test"]
+    return {name: [row for row in rows if row in kept and row[0] in splits[name]] for name in SPLITS}
 
 
 def _write_metadata(path: Path, rows: list[tuple[str, ...]]) -> None:

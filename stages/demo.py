@@ -23,8 +23,8 @@ def main() -> None:
     # One fresh process per language: MP3 encoding is the bottleneck, and eSpeak carries hidden state from
     # one utterance to the next, so only a fresh process makes the clips byte-identical from run to run.
     with ProcessPoolExecutor(max_workers=len(LANGUAGES), max_tasks_per_child=1) as pool:
-        futures = [pool.submit(write_demo_corpus, args.out, lang, demo.clips_per_lang, demo.speakers, params.seed)
-                   for lang in LANGUAGES]
+        futures = [pool.submit(write_demo_corpus, args.out, lang, demo.clips_per_lang, demo.speakers, params.seed,
+                               demo.readers_per_sentence) for lang in LANGUAGES]
         summaries = [future.result() for future in futures]
     elapsed_s = time.perf_counter() - start
 

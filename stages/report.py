@@ -1,9 +1,12 @@
-"""Thesis tables and figures from all experiments: `python -m stages.report [--exp NAME ...] [--out reports/thesis]`.
+"""Thesis tables and figures from all experiments: `python -m stages.report [--exp NAME ...] [--compare A=B ...]
+[--baseline NAME] [--out reports/thesis]`.
 
-Reads `dvc exp show --json` (the baseline commit, its experiments and the workspace), reads each experiment's
-per-utterance predictions from git (`git show <rev>:reports/eval/<model>_<lang>.tsv`; from disk for the
-workspace) for bootstrap intervals, and writes `results.md`, `results.tex`, `forgetting_vs_german.png` and
-`lambda_sweep.png`. Not a pipeline stage: it reads across experiments, which no stage may do.
+Reads `dvc exp show --json` (the baseline commit, its experiments and the workspace), groups the experiments that
+differ only in a training seed into one row, reads each experiment's per-utterance predictions from git
+(`git show <rev>:reports/eval/<model>_<lang>.tsv`; from disk for the workspace) for the intervals and the paired
+tests, and writes `results.md`, `results.tex`, `forgetting_vs_german.png` and `lambda_sweep.png`. `--compare A=B`
+tests A minus B after adaptation; `--baseline B` every other row against B; A and B name an experiment or any
+member of a seed group. Not a pipeline stage: it reads across experiments, which no stage may do.
 """
 
 import json
@@ -13,8 +16,16 @@ from pathlib import Path
 
 from forgetting.figures import plot_forgetting_vs_german, plot_lambda_sweep
 from forgetting.io import atomic_write_text
-from forgetting.render import render_latex, render_markdown
-from forgetting.results import ResultsError, estimate_row, git_predictions, parse_exp_show, select_experiments, sweep_points
+from forgetting.render import ORDER_KEYS, render_latex, render_markdown, sweep_points
+from forgetting.results import (
+    compare_groups,
+    comparison_pairs,
+    estimate_group,
+    git_predictions,
+    group_by_seed,
+    parse_exp_show,
+    select_experiments,
+)
 from stages import cli
 
 
@@ -32,6 +43,8 @@ def read_exp_show() -> list[dict]:
 def main() -> None:
     parser = cli.parser(__doc__.splitlines()[0])
     parser.add_argument("--exp", nargs="+", action="extend", default=[], help="experiment names or rev prefixes (default: all)")
+    parser.add_argument("--compare", action="append", default=[], metavar="A=B", help="test A minus B (repeatable)")
+    parser.add_argument("--baseline", metavar="B", help="test every other row minus B")
     parser.add_argument("--out", type=Path, default=Path("reports/thesis"))
     parser.add_argument("--bootstrap", type=int,
                         help="resamples for the intervals (default: each experiment's own eval.bootstrap_samples)")
@@ -40,30 +53,34 @@ def main() -> None:
     args = parser.parse_args()
 
     found, notes = parse_exp_show(read_exp_show(), args.metrics)
-    try:
-        experiments, more = select_experiments(found, args.exp)
-    except ResultsError as err:
-        raise SystemExit(f"report: {err}") from err
+    experiments, more = select_experiments(found, args.exp, ORDER_KEYS)
     if not experiments:
         raise SystemExit(f"report: no experiments with metrics in {args.metrics}; run `dvc repro` or `dvc exp run` first")
-    rows = []
-    for experiment in experiments:
-        row, row_notes = estimate_row(experiment, git_predictions(args.predictions), args.bootstrap)
+    groups, grouping = group_by_seed(experiments)
+    pairs, source = comparison_pairs(groups, args.compare, args.baseline), git_predictions(args.predictions)
+    rows, comparisons = [], []
+    for group in groups:
+        row, row_notes = estimate_group(group, source, args.bootstrap)
         rows.append(row)
         notes += row_notes
-    for note in notes + more:
+    for first, second in pairs:
+        comparison, comparison_notes = compare_groups(first, second, source, args.bootstrap)
+        comparisons.append(comparison)
+        notes += comparison_notes
+    for note in notes + more + grouping:
         print(f"report: {note}")
 
-    atomic_write_text(args.out / "results.md", render_markdown(experiments, rows))
-    atomic_write_text(args.out / "results.tex", render_latex(experiments, rows))
-    written, sweep = ["results.md", "results.tex"], sweep_points(experiments, rows)
+    atomic_write_text(args.out / "results.md", render_markdown(groups, rows, comparisons, args.bootstrap))
+    atomic_write_text(args.out / "results.tex", render_latex(groups, rows, comparisons, args.bootstrap))
+    written, sweep = ["results.md", "results.tex"], sweep_points(groups, rows)
     for name, plot in (("forgetting_vs_german.png", plot_forgetting_vs_german), ("lambda_sweep.png", plot_lambda_sweep)):
         if plot(sweep, args.out / name):
             written.append(name)
         else:
             print(f"report: {name} not drawn: no experiment has the metrics it plots")
     resamples = "each experiment's own" if args.bootstrap is None else str(args.bootstrap)
-    print(f"report: {len(experiments)} experiments, {resamples} bootstrap resamples -> {args.out}/{{{','.join(written)}}}")
+    print(f"report: {len(experiments)} experiments in {len(groups)} rows, {len(comparisons)} comparisons, {resamples} "
+          f"bootstrap resamples -> {args.out}/{{{','.join(written)}}}")
 
 
 if __name__ == "__main__":

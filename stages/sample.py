@@ -1,13 +1,17 @@
-"""Stage `sample@<lang>`: metadata filters, a seeded sample, and speaker-disjoint train/dev/test splits.
+"""Stage `sample@<lang>` for a language read from a Common Voice-layout folder (`data.common_voice.<lang>.path`):
+the metadata filters, a seeded sample, and train/dev/test splits, either grouped (no speaker and no sentence in two
+splits) or the release's official ones (`sample.<lang>.splits`).
 
-Reads only `<corpus>/<lang>/validated.tsv`, never the clips (validate opens those).
+Reads only the metadata files (`validated.tsv`, or `train.tsv`/`dev.tsv`/`test.tsv`), never the clips (validate
+opens those). The counts JSON is written even when the stage then fails (no row passes the filters, no split fits).
 """
 
 from pathlib import Path
 
-from forgetting.corpus import filter_and_sample, read_corpus_tsv, split_by_speaker, write_split_tsv
+from forgetting.corpus import read_corpus_tsv, write_split_tsv
 from forgetting.io import write_json
 from forgetting.layout import SPLITS, corpus_metadata, split_file
+from forgetting.sampling import sample_grouped, sample_official
 from stages import cli
 
 
@@ -17,30 +21,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for train/dev/test.tsv")
     parser.add_argument("--metrics", type=Path, required=True, help="counts JSON")
     args, params = cli.start(parser)
-    lang = params.sample.language(args.lang)
+    if args.lang not in params.data.common_voice:
+        raise SystemExit(f"sample {args.lang}: not in data.common_voice (have {', '.join(params.data.common_voice)})")
+    folder, lang = params.data.common_voice[args.lang].path, params.sample.language(args.lang)
 
-    source = corpus_metadata(params.data.corpus, args.lang)
-    rows = read_corpus_tsv(source)
-    sample = filter_and_sample(rows, lang.alphabet, params.sample.min_up_votes, lang.n, seed=f"{params.seed}-{args.lang}")
-    if len(sample.passed) <= lang.n:
-        print(f"sample {args.lang}: only {len(sample.passed)} rows pass the filters "
-              f"(sample.{args.lang}.n = {lang.n}); taking all")
-    splits = split_by_speaker(sample.sampled, vars(params.sample.split), seed=params.seed)
-
+    if lang.splits == "official":
+        sources = {name: corpus_metadata(folder, name) for name in SPLITS}
+        drawn, error = sample_official({name: read_corpus_tsv(path) for name, path in sources.items()},
+                                       {name: str(path) for name, path in sources.items()}, lang, params.sample,
+                                       params.seed, args.lang)
+    else:
+        source = corpus_metadata(folder)
+        drawn, error = sample_grouped(read_corpus_tsv(source), str(source), lang, params.sample, params.seed, args.lang)
+    write_json(args.metrics, {"lang": args.lang, **drawn.counts})
+    if error is not None:
+        raise error
     for name in SPLITS:
-        write_split_tsv(split_file(args.out, name), splits[name])
-    write_json(args.metrics, {
-        "rows_read": len(rows),
-        "dropped": dict(sorted(sample.dropped.items())),
-        "passed_filters": len(sample.passed),
-        "sampled": len(sample.sampled),
-        "seed": params.seed,
-        "splits": {name: {"utterances": len(splits[name]), "speakers": len({u.client_id for u in splits[name]})}
-                   for name in SPLITS},
-    })
-    counts = ", ".join(f"{name} {len(splits[name])}" for name in SPLITS)
-    print(f"sample {args.lang}: read {len(rows)} rows from {source}, dropped {sum(sample.dropped.values())}, "
-          f"sampled {len(sample.sampled)} ({counts}) -> {args.out}")
+        write_split_tsv(split_file(args.out, name), drawn.splits[name])
+    counts = ", ".join(f"{name} {len(drawn.splits[name])}" for name in SPLITS)
+    print(f"sample {args.lang}: {lang.splits} splits from {folder}: kept {drawn.counts['kept']} ({counts}) -> {args.out}")
 
 
 if __name__ == "__main__":

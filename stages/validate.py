@@ -1,8 +1,9 @@
 """Stage `validate@<lang>`: open every sampled clip, keep the readable ones within the duration and loudness
 bounds (with a `duration_s` column), and record every reject with its reason.
 
-Clips are read from `<data.corpus>/<lang>/clips/` (a relative corpus is relative to the repository root,
-the working directory of `dvc repro`). Outputs are written into `<out>.tmp` and renamed to `<out>` only when
+Clips are read from the language's clips folder (`forgetting.layout.clips_dir`: `<path>/clips` of a Common Voice-layout
+source, the sampled clips of a dataset source; a relative path is relative to the repository root, the working
+directory of `dvc repro`). Outputs are written into `<out>.tmp` and renamed to `<out>` only when
 the reject fraction is within `validate.max_reject_fraction`, so a failed or interrupted run leaves nothing
 that looks complete; on failure `<out>.tmp/rejects.tsv` is kept for inspection.
 """
@@ -27,9 +28,9 @@ def main() -> None:
     args, params = cli.start(parser)
     bounds = params.validate
 
-    clips = clips_dir(params.data.corpus, args.lang)
+    clips = clips_dir(params.data.source(args.lang))
     if not clips.is_dir():
-        raise SystemExit(f"validate {args.lang}: no clips folder {clips} (data.corpus = {params.data.corpus})")
+        raise SystemExit(f"validate {args.lang}: no clips folder {clips} (see data.common_voice / data.datasets)")
     splits = {name: read_split_tsv(split_file(args.sampled, name)) for name in SPLITS}
     validation = validate_splits(splits, clips, bounds.min_seconds, bounds.max_seconds, bounds.min_rms, bounds.workers)
 

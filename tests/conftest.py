@@ -22,7 +22,7 @@ class Corpus:
 def corpus(tmp_path_factory) -> Corpus:
     """Twelve Dutch eSpeak clips (the demo's planted defects left out), with durations and a vocabulary."""
     root = tmp_path_factory.mktemp("corpus")
-    summary = write_demo_corpus(root, "nl", clips=17, speakers=3, seed=1)
+    summary = write_demo_corpus(root, "nl", clips=18, speakers=3, seed=1)
     broken = {d.path for d in summary.defects}
     clips_dir = root / "nl" / "clips"
     utterances = [dataclasses.replace(u, duration_s=len(load_clip_16k(clips_dir / u.path)) / 16_000)

@@ -12,18 +12,21 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 MICRO = {
-    "demo.clips_per_lang": 40,
+    "demo.clips_per_lang": 48,
     "demo.speakers": 12,
-    "sample.nl.n": 36,
-    "validate.max_reject_fraction": 0.3,  # the demo plants 5 bad rows per language
+    "sample.nl.n": 44,
+    "sample.split_tolerance": 0.5,  # a few utterances per split: whole speakers cannot land within 10 %
+    "sample.max_speaker_share": 0.6,
+    "validate.max_reject_fraction": 0.3,  # the demo plants 5 bad clips per language
     "pretrain.max_steps": 4, "pretrain.eval_steps": 2, "pretrain.batch_size": 4, "pretrain.effective_batch_size": 4,
     "pretrain.dataloader_workers": 0,
-    "fisher.samples": 6, "fisher.batch_size": 3,
+    "importance.samples": 6, "importance.batch_size": 3,
     "adapt.max_steps": 3, "adapt.eval_steps": 1, "adapt.batch_size": 2, "adapt.effective_batch_size": 4,
     "adapt.dataloader_workers": 0,
     "eval.bootstrap_samples": 50,
 }
-ALL_STAGES = {"demo", "sample@nl", "sample@de", "validate@nl", "validate@de", "vocab", "pretrain", "fisher", "adapt", "eval"}
+ALL_STAGES = {"demo", "sample@nl", "sample@de", "validate@nl", "validate@de", "vocab", "pretrain", "importance", "adapt",
+              "average", "eval"}
 
 
 def set_key(raw: dict, dotted: str, value: object) -> None:

@@ -51,7 +51,7 @@ def read_json(path: Path) -> dict:
 
 def test_whole_chain_writes_sane_metrics_and_then_is_up_to_date(repo):
     ran = stages_run(dvc(repo, "repro"))
-    assert ran == {"pretrain", "fisher", "adapt", "eval"}  # the data stages ran in the test before
+    assert ran == {"pretrain", "importance", "adapt", "average", "eval"}  # the data stages ran in the test before
     metrics = read_json(repo / "reports/metrics.json")
     before, after = metrics["pretrained"], metrics["adapted"]
     for rates in (before["nl"], before["de"], after["nl"], after["de"]):
@@ -61,12 +61,15 @@ def test_whole_chain_writes_sane_metrics_and_then_is_up_to_date(repo):
     assert metrics["learning"]["de"]["cer"] == pytest.approx(before["de"]["cer"] - after["de"]["cer"])
     assert metrics["awer"] == pytest.approx((after["nl"]["wer"] + after["de"]["wer"]) / 2)
     assert metrics["bwt"] == pytest.approx(-metrics["forgetting"]["nl"]["wer"])
-    fisher = read_json(repo / "reports/fisher/summary.json")
-    assert fisher["samples"] == 6 and fisher["normalize"] == "mean"
-    assert (repo / "models/fisher/utterances.tsv").read_text().count("\n") == 6 + 1
-    penalty = read_json(repo / "reports/adapt/metrics.json")["train"]["penalty"]
-    assert penalty > 0  # the default λ > 0, and the weights moved
-    for figure in ("error_rates", "adapt_curves", "fisher_by_layer"):
+    importance = read_json(repo / "reports/importance/summary.json")
+    assert (importance["samples"], importance["normalize"], importance["kind"]) == (6, "mean", "empirical")
+    assert importance["loss"] == "log_likelihood"
+    assert (repo / "models/importance/utterances.tsv").read_text().count("\n") == 6 + 1
+    adapt = read_json(repo / "reports/adapt/metrics.json")
+    assert adapt["train"]["penalty"] > 0  # the default λ > 0, and the weights moved
+    assert adapt["kept"]["rule"] == "best_target_dev" and set(adapt["kept"]["dev"]) == {"de", "nl"}
+    assert metrics["interval"]["method"] == "speaker"
+    for figure in ("error_rates", "adapt_curves", "importance_by_layer"):
         assert (repo / f"reports/figures/{figure}.png").read_bytes()[:4] == b"\x89PNG"
     assert stages_run(dvc(repo, "repro")) == set()
     assert "Data and pipelines are up to date" in dvc(repo, "status")
@@ -75,16 +78,36 @@ def test_whole_chain_writes_sane_metrics_and_then_is_up_to_date(repo):
 
 def test_adapt_only_experiment_reruns_adapt_and_eval_and_diffs(repo):
     ran = stages_run(dvc(repo, "exp", "run", "-S", "adapt.ewc_lambda=0"))
-    assert ran == {"adapt", "eval"}
+    assert ran == {"adapt", "average", "eval"}
     diff = json.loads(dvc(repo, "metrics", "diff", "--json", "--all"))
     for key in ("forgetting.nl.wer", "forgetting.nl.cer", "learning.de.wer", "awer", "bwt"):
         assert key in diff["reports/metrics.json"]
     changed = json.loads(dvc(repo, "metrics", "diff", "--json"))
     assert changed["reports/adapt/metrics.json"]["train.penalty"]["new"] == 0  # λ = 0: plain fine-tuning
+    # the README's table: the changed param and results only, no timings, throughput, gradient norm or learning rate
+    header = dvc(repo, "exp", "show", "--md", "--only-changed").splitlines()[0]
+    assert "adapt.ewc_lambda" in header and "forgetting.nl.wer" in header
+    assert not re.search(r"runtime|per_second|grad_norm|learning_rate|total_flos|epoch", header), header
+    assert not re.search(r"runtime|per_second", dvc(repo, "metrics", "diff", "--md", "--all"))
+
+
+def back_to_baseline(repo: Path) -> None:
+    """The committed params, lock file and outputs in the workspace (`dvc exp run` leaves its own there)."""
+    run(repo, "git", "checkout", "--", "params.yaml", "dvc.lock")
+    dvc(repo, "checkout", "--force")
+
+
+def test_a_training_seed_reruns_adapt_and_eval_only_and_averaging_reruns_averaging_and_eval(repo):
+    back_to_baseline(repo)
+    assert stages_run(dvc(repo, "exp", "run", "-S", "adapt.seed=1")) == {"adapt", "average", "eval"}
+    back_to_baseline(repo)
+    assert stages_run(dvc(repo, "exp", "run", "-S", "average.alpha=0.5")) == {"average", "eval"}
+    back_to_baseline(repo)
 
 
 def test_sweep_queue_show_report_and_share(repo, tmp_path):
-    assert stages_run(dvc(repo, "exp", "run", "-S", "adapt.ewc_lambda=0.2", "-S", "adapt.lr=1e-5")) == {"adapt", "eval"}
+    assert stages_run(dvc(repo, "exp", "run", "-S", "adapt.ewc_lambda=0.2", "-S", "adapt.lr=1e-5")) == {
+        "adapt", "average", "eval"}
     dvc(repo, "exp", "run", "--queue", "-S", "adapt.ewc_lambda=0.1,1.0")
     dvc(repo, "queue", "start", "-j", "1")
     deadline = time.monotonic() + 600
@@ -96,7 +119,7 @@ def test_sweep_queue_show_report_and_share(repo, tmp_path):
     shown = json.loads(dvc(repo, "exp", "show", "--json"))
     experiments = [rev for record in shown for exp in (record.get("experiments") or []) for rev in exp["revs"]]
     lambdas = sorted(rev["data"]["params"]["params.yaml"]["data"]["adapt"]["ewc_lambda"] for rev in experiments)
-    assert lambdas == [0, 0.1, 0.2, 1.0]
+    assert lambdas == [0, 0.1, 0.2, 0.25, 0.25, 1.0]  # with the seed and averaging experiments at the default λ
     for rev in experiments:
         assert "awer" in rev["data"]["metrics"]["reports/metrics.json"]["data"]
     assert "reports/metrics.json" in json.loads(dvc(repo, "metrics", "diff", "--json", "--all"))
@@ -109,13 +132,13 @@ def test_sweep_queue_show_report_and_share(repo, tmp_path):
     for command in (["plots", "show"], ["plots", "diff", names[0], names[1]]):
         dvc(repo, *command, "-o", "dvc_plots")
         page = (repo / "dvc_plots/index.html").read_text(encoding="utf-8")
-        assert "EWC penalty (adapt)" in page and "Test error rates" in page
+        assert "Regulariser (adapt)" in page and "Forgetting curve (adapt, dev CER)" in page and "Test error rates" in page
 
     run(repo, sys.executable, "-m", "stages.report", "--exp", names[0], "--exp", names[1], "--out", "reports/pair")
     assert sorted(row.split(" | ")[0] for row in table_rows(repo / "reports/pair/results.md")) == sorted(
         f"| {name}" for name in names[:2])
     run(repo, sys.executable, "-m", "stages.report", "--out", "reports/thesis")
-    lambdas = {row.split(" | ")[1] for row in table_rows(repo / "reports/thesis/results.md")}
+    lambdas = {row.split(" | ")[3] for row in table_rows(repo / "reports/thesis/results.md")}
     assert {"0", "0.1", "0.2", "1"} <= lambdas  # one row per experiment (and the baseline's default λ)
     assert r"\toprule" in (repo / "reports/thesis/results.tex").read_text(encoding="utf-8")
     for figure in ("forgetting_vs_german", "lambda_sweep"):
@@ -143,7 +166,7 @@ def stage_cmd(repo: Path, stage: str) -> list[str]:
     ("adapt", lambda repo: (repo / "data/validated/de/train.tsv").write_text(""),
      "adapt: data/validated/de/train.tsv: empty file"),
     ("adapt", lambda repo: set_params(repo, "adapt.freeze_feature_encoder", False),
-     "adapt: models/fisher/fisher.safetensors does not fit the parameters adapt trains"),
+     "adapt: models/importance/importance.safetensors does not fit the parameters adapt trains"),
 ])
 def test_a_broken_input_ends_the_stage_with_one_line_that_names_it(repo, stage, damage, message):
     run(repo, "git", "checkout", "--", ".")  # the experiments above left their last run in the workspace

@@ -73,8 +73,10 @@ def test_the_import_scan_sees_through_packages_and_function_imports():
 
 
 def test_foreach_stages_loop_over_the_languages():
-    for name in ("sample", "validate"):
-        assert tuple(DVC_YAML["stages"][name]["foreach"]) == LANGUAGES
+    assert tuple(DVC_YAML["stages"]["validate"]["foreach"]) == LANGUAGES
+    # a language's sample stage is the one of its source: its params group, which holds every language once
+    assert DVC_YAML["stages"]["sample"]["foreach"] == "${data.common_voice}"
+    assert DVC_YAML["stages"]["sample_hf"]["foreach"] == "${data.datasets}"
 
 
 def test_training_stages_depend_on_the_params_their_run_key_covers():

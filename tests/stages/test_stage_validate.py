@@ -30,7 +30,7 @@ def write_mp3(path: Path, seconds: float, freq: float) -> None:
 def repo(tmp_path, monkeypatch) -> Path:
     """A working directory like the repo root: params.yaml, a corpus with 9 good clips and 1 missing, the sampled TSVs."""
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["data"]["corpus"] = "corpus"
+    params["data"]["common_voice"]["nl"]["path"] = "corpus/nl"
     params["validate"].update(min_seconds=1.0, max_seconds=5.0, max_reject_fraction=0.2, workers=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     rows = []
@@ -91,7 +91,7 @@ def test_too_many_rejects_fail_loudly_and_leave_nothing_complete(repo, monkeypat
 
 def test_a_wrong_corpus_path_names_the_missing_clips_folder(repo, monkeypatch):
     (repo / "corpus" / "nl" / "clips").rename(repo / "corpus" / "nl" / "elsewhere")
-    with pytest.raises(SystemExit, match=r"validate nl: no clips folder corpus/nl/clips \(data.corpus = corpus\)"):
+    with pytest.raises(SystemExit, match=r"validate nl: no clips folder corpus/nl/clips \(see data.common_voice"):
         run_stage(monkeypatch)
 
 

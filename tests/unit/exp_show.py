@@ -1,21 +1,23 @@
 """A real `dvc exp show --json` and per-utterance predictions, recorded for the results, render, figures and
 report tests.
 
-`tests/fixtures/exp_show.json` was recorded with DVC 3.67 in a throw-away repo whose one stage imitates the
-eval stage (made-up hypotheses, scored with `forgetting.scoring`): a baseline (λ 0.4) and experiments λ 0, 0.1, 1,
-l2, lr 1e-5 (λ 0.4 and 1), Fisher normalised by max, one whose metrics file is truncated, one that failed in
-the queue and one still queued (`deps`/`outs` trimmed). `tests/fixtures/predictions/<rev>/` holds the
-per-utterance TSVs of the baseline (34b6578) and of `ewc-lambda-0` (c92eb22), as `git show` returned them.
+`tests/fixtures/report/` was recorded by its `record.py` (DVC 3.67, a throw-away repo whose one stage imitates the
+eval stage with made-up hypotheses, scored and summarised by `forgetting.scoring`): the baseline `main` (ewc,
+λ 0.25, seeds 0) and its experiments: adapt seeds 1 and 2 and pretrain seed 1 (one seed group with main), λ 0 and
+l2 with adapt seeds 0, 1, 2 (two more groups), λ 1, mas, lwf, lora, replay, the utterance bootstrap, eval.min_speakers
+9 (the nl test set has 10 speakers, de 8), one whose metrics file is cut, one that failed in the queue and one still
+queued (`deps`/`outs` trimmed). `predictions/<rev[:7]>/` holds each experiment's per-utterance TSVs as `git show`
+returned them.
 """
 
 import json
 from pathlib import Path
 
-from forgetting.render import render_markdown
-from forgetting.results import Experiment, estimate_row, parse_exp_show, select_experiments
+from forgetting.render import ORDER_KEYS, render_markdown
+from forgetting.results import Experiment, Group, Row, estimate_group, group_by_seed, parse_exp_show, select_experiments
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "tests" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures" / "report"
 RECORDS = json.loads((FIXTURES / "exp_show.json").read_text(encoding="utf-8"))
 METRICS = "reports/metrics.json"
 
@@ -25,17 +27,22 @@ def fixture_predictions(experiment: Experiment, file: str) -> str | None:
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
-def table(records: list, samples: int = 1000) -> tuple[dict[str, dict[str, str]], list[Experiment], list]:
-    """The Markdown table of `records` as {experiment: {header: cell}}, with the experiments and their rows."""
-    experiments, _ = select_experiments(parse_exp_show(records, METRICS)[0], [])
-    rows = [estimate_row(e, fixture_predictions, samples)[0] for e in experiments]
-    lines = render_markdown(experiments, rows).splitlines()
+def groups_of(records: list, names: tuple[str, ...] = ()) -> list[Group]:
+    """The seed groups of the named experiments of `records` (all when none are named), in table order."""
+    return group_by_seed(select_experiments(parse_exp_show(records, METRICS)[0], names, ORDER_KEYS)[0])[0]
+
+
+def table(records: list, samples: int | None = 200) -> tuple[dict[str, dict[str, str]], list[Group], list[Row]]:
+    """The Markdown table of `records` as {row name: {header: cell}}, with the groups and their rows."""
+    groups = groups_of(records)
+    rows = [estimate_group(g, fixture_predictions, samples)[0] for g in groups]
+    lines = render_markdown(groups, rows, (), samples).split("\n\n")[0].splitlines()
     header = [h.strip() for h in lines[0].strip("|").split("|")]
     cells = {}
     for line in lines[2:]:
         values = [v.strip() for v in line.strip("|").split("|")]
         cells[values[0]] = dict(zip(header, values, strict=True))
-    return cells, experiments, rows
+    return cells, groups, rows
 
 
 def experiment_record(records: list, name: str) -> dict:

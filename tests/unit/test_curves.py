@@ -2,17 +2,29 @@
 
 import shutil
 
-from forgetting.curves import CURVES, TRAIN_PENALTY, curve_file, live_metric, log_key, read_curve, restore_curves, save_curves
+from forgetting.curves import (
+    CURVES,
+    TRAIN_PENALTY,
+    curve_file,
+    dev_curve,
+    live_metric,
+    log_key,
+    read_curve,
+    restore_curves,
+    save_curves,
+)
 
 
-def test_every_curve_is_a_plotted_dvclive_metric_of_its_log_key():
+def test_every_curve_is_a_logged_dvclive_metric_of_its_log_key():
     for curve in CURVES:
         assert live_metric(log_key(curve)) == (curve, True)
+    assert log_key(dev_curve("nl", "wer")) == "eval_nl_wer"  # what the Trainer logs for its dev set "nl"
 
 
-def test_trainer_keys_for_timings_and_totals_get_no_curve():
+def test_trainer_keys_for_timings_and_totals_are_not_logged():
     assert live_metric("loss") == ("train/loss", True)
-    for key in ("train_runtime", "train_samples_per_second", "eval_runtime", "epoch", "total_flos"):
+    for key in ("train_runtime", "train_samples_per_second", "eval_nl_runtime", "eval_de_samples_per_second", "epoch",
+                "total_flos", "train_loss"):
         assert live_metric(key)[1] is False, key
 
 

@@ -1,31 +1,31 @@
-"""Every figure is a PNG: the Fisher by layer, the adapt curves, the error rates, and the report's figures; the
-Pareto front on hand-made points."""
+"""Every figure is a PNG: the importance by layer, the adapt curves with the forgetting curve, the error rates, and the
+report's figures; the Pareto front on hand-made points."""
 
 import torch
 
-from forgetting.curves import TRAIN_CTC_LOSS, TRAIN_PENALTY, curve_file
+from forgetting.curves import TRAIN_CTC_LOSS, TRAIN_PENALTY, curve_file, dev_curve
 from forgetting.figures import (
     pareto_front,
     plot_adapt_curves,
     plot_error_rates,
-    plot_fisher_by_layer,
     plot_forgetting_vs_german,
+    plot_importance_by_layer,
     plot_lambda_sweep,
 )
-from forgetting.fisher import fisher_by_layer
-from forgetting.results import sweep_points
+from forgetting.importance import importance_by_layer
+from forgetting.render import sweep_points
 from forgetting.scoring import Estimate
 from tests.unit.exp_show import RECORDS, table
 
 
 def test_stage_figures_are_png(tmp_path):
-    plot_fisher_by_layer(fisher_by_layer({"lm_head.weight": torch.ones(2)}), "title", tmp_path / "f.png")
+    plot_importance_by_layer(importance_by_layer({"lm_head.weight": torch.ones(2)}), "title", tmp_path / "f.png")
     live = tmp_path / "adapt"
-    for curve, values in ((TRAIN_CTC_LOSS, [3.0, 1.0]), (TRAIN_PENALTY, [0.0, 0.2])):
+    for curve, values in ((TRAIN_CTC_LOSS, [3.0, 1.0]), (TRAIN_PENALTY, [0.0, 0.2]), (dev_curve("nl", "wer"), [0.3, 0.5])):
         column = curve.rsplit("/", 1)[-1]
         curve_file(live, curve).parent.mkdir(parents=True, exist_ok=True)
         curve_file(live, curve).write_text(f"step\t{column}\n" + "".join(f"{i + 1}\t{v}\n" for i, v in enumerate(values)))
-    plot_adapt_curves(live, tmp_path / "c.png")  # the dev curves are missing: drawn empty
+    plot_adapt_curves(live, "de", "nl", tmp_path / "c.png")  # the other dev curves are missing: drawn empty
     for name in ("f.png", "c.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -46,10 +46,16 @@ def test_pareto_front_on_hand_made_points():
 
 
 def test_report_figures_are_png(tmp_path):
-    _, experiments, rows = table(RECORDS, samples=200)
-    sweep = sweep_points(experiments, rows)
+    _, groups, rows = table(RECORDS, samples=200)
+    sweep = sweep_points(groups, rows)
+    points = {p.label: p for p in sweep}  # every method, labelled by its own knobs; repeated labels get the row's name
+    assert {"ewc λ=0", "ewc λ=0.25 (main)", "ewc λ=0.25 replay=0.25", "l2 λ=0.25", "mas λ=1",
+            "lwf w=1 T=2", "lora r=4 α=16"} <= set(points)
+    assert (points["lwf w=1 T=2"].lam, points["lora r=4 α=16"].lam, points["mas λ=1"].lam) == (None, None, 1.0)
+    assert (points["l2 λ=0.25"].group, points["ewc λ=0.25 replay=0.25"].group) == ("method l2, replay 0",
+                                                                                   "method ewc, replay 0.25")
     for plot, name in ((plot_forgetting_vs_german, "pareto.png"), (plot_lambda_sweep, "sweep.png")):
         assert plot(sweep, tmp_path / name)
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    empty = sweep_points(experiments[:1], [dict.fromkeys(rows[0], Estimate(None))])
+    empty = sweep_points(groups[:1], [dict.fromkeys(rows[0], Estimate(None))])
     assert not plot_forgetting_vs_german(empty, tmp_path / "none.png")

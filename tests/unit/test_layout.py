@@ -13,12 +13,20 @@ from forgetting.layout import (
     split_file,
     weights_file,
 )
+from forgetting.params import CommonVoiceSource, DatasetSource
 
 
 def test_common_voice_layout():
-    assert corpus_metadata("data/demo", "nl") == Path("data/demo/nl/validated.tsv")
-    assert clips_dir(Path("/cv"), "de") == Path("/cv/de/clips")
+    assert corpus_metadata("data/demo/nl") == Path("data/demo/nl/validated.tsv")
+    assert corpus_metadata("/cv/de", "test") == Path("/cv/de/test.tsv")  # the release's official split
+    assert clips_dir(CommonVoiceSource("/cv/de")) == Path("/cv/de/clips")
     assert split_file(Path("data/validated/nl"), "dev") == Path("data/validated/nl/dev.tsv")
+
+
+def test_a_dataset_source_reads_the_clips_its_sample_stage_wrote():
+    source = DatasetSource("/data/fleurs_nl", "data/clips/nl", "audio", "transcription", None,
+                           {"train": "train", "dev": "validation", "test": "test"})
+    assert clips_dir(source) == Path("data/clips/nl")
 
 
 def test_model_and_prediction_files():

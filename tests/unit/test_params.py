@@ -53,7 +53,25 @@ def test_float_written_by_dvc_exp_run_is_accepted():
     ("pretrain.epochs", 3, "pretrain.epochs: set exactly one of epochs and max_steps"),
     ("sample.nl.n", -5, "sample.nl.n: must be >= 1"),
     ("sample.split.test", 0.5, "sample.split: train + dev + test must be 1"),
-    ("fisher.kind", "true", "fisher.kind: must be one of ['empirical', 'sampled']"),
+    ("importance.fisher", "true", "importance.fisher: must be one of ['empirical', 'sampled']"),
+    ("importance.loss", "mean", "importance.loss: must be one of ['log_likelihood', 'training_loss']"),
+    ("adapt.method", "si", "adapt.method: must be one of ['ewc', 'mas', 'l2', 'lwf', 'lora']"),
+    ("adapt.keep", "best", "adapt.keep: must be one of ['last', 'best_target_dev', 'best_average_dev']"),
+    ("adapt.replay_fraction", 0.3, "adapt.replay_fraction: 0.3 x batch_size 8 = 2.4: must be a whole number"),
+    ("adapt.replay_fraction", 1.0, "adapt.replay_fraction: must be in [0, 1)"),
+    ("adapt.lora", {"rank": 0, "alpha": 1.0, "dropout": 0.0, "target_modules": ["q_proj"]}, "adapt.lora.rank: must be >= 1"),
+    ("adapt.lora.target_modules", "q_proj", "adapt.lora.target_modules: must be a list"),
+    ("adapt.lora.target_modules", [3], "adapt.lora.target_modules[0]: must be a string"),
+    ("average.alpha", 1.5, "average.alpha: must be in [0, 1]"),
+    ("eval.bootstrap", "seed", "eval.bootstrap: must be one of ['speaker', 'utterance']"),
+    ("resources.nproc_per_node", 3, "pretrain.effective_batch_size: 8 is not a multiple of batch_size 8 x 3 process(es)"),
+    ("data.common_voice.nl", ..., "data.common_voice: language 'nl' must be in exactly one of"),
+    ("data.common_voice.fr", {"path": "cv/fr"}, "data.common_voice.fr: not a language of the pipeline"),
+    ("data.datasets", {"nl": {"path": "x", "clips": "c", "audio": "audio", "sentence": "text", "client_id": None,
+                              "splits": {"train": "train", "dev": "validation", "test": "test"}}},
+     "data.common_voice: language 'nl' must be in exactly one of data.common_voice and data.datasets, is in"),
+    ("sample.nl.splits", "release", "sample.nl.splits: must be one of ['grouped', 'official']"),
+    ("sample.max_speaker_share", 0.0, "sample.max_speaker_share: must be in (0, 1]"),
     ("validate.max_seconds", 0.5, "validate.max_seconds: must exceed min_seconds"),
     ("demo.speakers", 1, "demo.speakers: must be >= 3"),
     ("seed", "0", "seed: must be an integer"),
@@ -69,6 +87,16 @@ def test_error_names_the_file(tmp_path):
     path.write_text(yaml.safe_dump(with_change("eval.batch_size", 0)), encoding="utf-8")
     with pytest.raises(ParamsError, match=r"params\.yaml: eval\.batch_size: must be >= 1"):
         load_params(path)
+
+
+def test_a_dataset_source_is_typed_and_checked():
+    source = {"path": "/data/fleurs_nl", "clips": "data/clips/nl", "audio": "audio", "sentence": "transcription",
+              "client_id": None, "splits": {"train": "train", "dev": "validation", "test": "test"}}
+    raw = with_change("data.common_voice.nl", ...)
+    params = parse_params(with_change("data.datasets", {"nl": source}, raw))
+    assert params.data.source("nl").clips == "data/clips/nl" and params.data.source("de").path == "data/demo/de"
+    with pytest.raises(ParamsError, match=r"data\.datasets\.nl\.splits: must map each of \['train', 'dev', 'test'\]"):
+        parse_params(with_change("data.datasets", {"nl": {**source, "splits": {"train": "train"}}}, raw))
 
 
 def test_grad_accum_steps_accounts_for_processes():

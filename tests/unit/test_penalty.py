@@ -1,5 +1,6 @@
 """The EWC penalty on a real tiny Wav2Vec2ForCTC: zero at θ*, value and gradient against autograd and the closed
-form, no per-step allocation, once per micro-batch, l2 and λ = 0 through the same code, bfloat16, name checks."""
+form, no per-step allocation, added onto the accumulated CTC gradient, l2 and λ = 0 through the same code, bfloat16,
+name checks."""
 
 
 import pytest
@@ -31,9 +32,9 @@ def random_fisher(model: Wav2Vec2ForCTC) -> dict[str, torch.Tensor]:
 def test_penalty_is_zero_at_the_anchor():
     model = tiny_model()
     penalty = EWCPenalty(model, random_fisher(model), lam=0.5)
-    value = penalty(model)
-    assert value.requires_grad and float(value.detach()) == 0.0
-    value.backward()
+    value = penalty.value(model)
+    assert not value.requires_grad and float(value) == 0.0
+    penalty.add_gradient(model)
     assert all(float(p.grad.abs().max()) == 0.0 for p in model.parameters())
 
 
@@ -42,11 +43,11 @@ def test_penalty_value_and_gradient_match_autograd_and_closed_form():
     fisher = random_fisher(model)
     penalty = EWCPenalty(model, fisher, lam=lam)
     anchor = perturbed(model)
-    value = penalty(model)
-    (0.25 * value).backward()  # grad_output 0.25: loss scaling / gradient accumulation
+    value = penalty.value(model)
+    penalty.add_gradient(model, scale=0.25)  # the loss scale the accumulated gradients carry (fp16)
     params = dict(model.named_parameters())
     reference = ewc_penalty(params, fisher, anchor, lam)
-    assert float(value.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
+    assert float(value) == pytest.approx(float(reference.detach()), rel=1e-5)
     autograd = dict(zip(params, torch.autograd.grad(reference, list(params.values())), strict=True))
     for name, p in params.items():
         closed_form = lam * fisher[name] * (p.detach() - anchor[name])
@@ -58,12 +59,17 @@ def test_penalty_allocates_nothing_parameter_sized_per_step():
     model = tiny_model()
     penalty = EWCPenalty(model, random_fisher(model), lam=0.5)
     perturbed(model)
-    penalty(model).backward()  # gradients exist from here on, as after the CTC backward pass
-    peak = peak_extra_bytes(lambda: penalty(model).backward(), torch.device("cpu"))
+    penalty.add_gradient(model)  # gradients exist from here on, as after the CTC backward pass
+
+    def step() -> None:
+        penalty.add_gradient(model)
+        penalty.value(model)
+
+    peak = peak_extra_bytes(step, torch.device("cpu"))
     assert 0 < peak < 4096 < max(p.numel() * 4 for p in model.parameters()), peak
 
 
-def test_penalty_adds_to_the_ctc_gradient_once_per_micro_batch(utts):
+def test_penalty_adds_to_the_accumulated_ctc_gradient_once(utts):
     model, lam = tiny_model(), 0.3
     fisher = random_fisher(model)
     penalty = EWCPenalty(model, fisher, lam=lam)
@@ -73,8 +79,9 @@ def test_penalty_adds_to_the_ctc_gradient_once_per_micro_batch(utts):
     def accumulated_grads(with_penalty: bool) -> dict[str, torch.Tensor]:
         model.zero_grad(set_to_none=True)
         for half in (slice(0, 1), slice(1, 2)):  # two micro-batches, each loss divided by 2 as the Trainer does
-            loss = model(**{k: v[half] for k, v in batch.items()}).loss
-            ((loss + penalty(model)) / 2 if with_penalty else loss / 2).backward()
+            (model(**{k: v[half] for k, v in batch.items()}).loss / 2).backward()
+        if with_penalty:  # once per optimiser step, after the micro-batches
+            penalty.add_gradient(model)
         return {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
 
     model.eval()
@@ -89,15 +96,15 @@ def test_zero_lambda_and_l2_use_the_same_path():
     zero = EWCPenalty(model, random_fisher(model), lam=0.0)
     l2 = EWCPenalty(model, None, lam=2.0)  # no Fisher: F = 1
     anchor = perturbed(model)
-    value = zero(model)
-    value.backward()
-    assert float(value.detach()) == 0.0 and all(float(p.grad.abs().max()) == 0.0 for p in model.parameters())
+    value = zero.value(model)
+    zero.add_gradient(model)
+    assert float(value) == 0.0 and all(float(p.grad.abs().max()) == 0.0 for p in model.parameters())
     model.zero_grad(set_to_none=True)
-    value = l2(model)
-    value.backward()
+    value = l2.value(model)
+    l2.add_gradient(model)
     ones = {n: torch.ones_like(a) for n, a in anchor.items()}
     reference = ewc_penalty(dict(model.named_parameters()), ones, anchor, 2.0)
-    assert float(value.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
+    assert float(value) == pytest.approx(float(reference.detach()), rel=1e-5)
     for name, p in model.named_parameters():
         assert torch.allclose(p.grad, 2.0 * (p.detach() - anchor[name]), rtol=1e-5, atol=1e-12), name
     workspace = 4 * max(p.numel() for p in model.parameters())  # float32, the largest parameter tensor
@@ -114,10 +121,9 @@ def test_bfloat16_storage_halves_memory_and_stays_close():
     grads = []
     for penalty in (full, half):
         model.zero_grad(set_to_none=True)
-        value = penalty(model)
-        value.backward()
+        penalty.add_gradient(model)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    assert float(value.detach()) == pytest.approx(float(full(model).detach()), rel=1e-2)
+    assert float(half.value(model)) == pytest.approx(float(full.value(model)), rel=1e-2)
     assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 1e-2
 
 
@@ -144,4 +150,4 @@ def test_penalty_rejects_a_fisher_that_does_not_match():
     penalty = EWCPenalty(other, random_fisher(other), 1.0)
     other.freeze_feature_encoder()
     with pytest.raises(ValueError, match=r"feature_extractor\.conv_layers\.0"):
-        penalty(other)
+        penalty.add_gradient(other)

@@ -39,18 +39,21 @@ def test_preset_holds_the_study_configuration():
     for run in (params.pretrain, params.adapt):
         assert run.fp16 and not run.bf16 and run.freeze_feature_encoder
         assert (run.eval_steps, run.early_stopping_patience) == (250, 3)
-    assert params.fisher.samples == 5000
+    assert params.importance.samples == 5000 and params.importance.loss == "log_likelihood"
     assert params.sample.language("de").n == 150000
     assert params.validate.workers == 0 and params.eval.batch_size == 16
 
 
-def test_only_the_corpus_path_is_machine_specific():
+def test_only_the_corpus_paths_are_machine_specific():
     """Everything validated (above) though the corpus is absent here; where it exists it must be a whole release."""
-    corpus = Path(load_params(PRESET).data.corpus)
-    assert corpus.is_absolute() and corpus.name.startswith("cv-corpus-")
-    assert not corpus.exists() or all((corpus / lang / "validated.tsv").is_file() for lang in ("nl", "de"))
+    data = load_params(PRESET).data
+    assert not data.datasets and set(data.common_voice) == {"nl", "de"}
+    for lang, source in data.common_voice.items():
+        folder = Path(source.path)
+        assert folder.is_absolute() and folder.name == lang and folder.parent.name.startswith("cv-corpus-")
+        assert not folder.exists() or all((folder / f"{name}.tsv").is_file() for name in ("validated", "train", "dev", "test"))
 
 
 def test_preset_documents_how_to_switch_to_it():
     header = PRESET.read_text(encoding="utf-8").split("\nseed:")[0]
-    assert "cp presets/thesis-cv-xlsr.yaml params.yaml" in header and "data.corpus" in header
+    assert "cp presets/thesis-cv-xlsr.yaml params.yaml" in header and "data.common_voice" in header

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from forgetting.params import load_params
+from forgetting.params import CommonVoiceSource, load_params
 from forgetting.resume import PROJECT_ROOT, checkpoint_problem, code_files, last_checkpoint, run_config, run_key, stage_run_key
 
 PARAMS = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
@@ -52,6 +52,14 @@ def test_last_checkpoint_is_the_newest_complete_one(tmp_path):
     assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-12"
 
 
+def test_a_lora_checkpoint_holds_adapters_and_resumes(tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "checkpoint-3", 3)
+    (checkpoint / "model.safetensors").rename(checkpoint / "adapter_model.safetensors")  # what peft saves
+    assert checkpoint_problem(checkpoint) is None
+    cut(checkpoint / "adapter_model.safetensors", 40)
+    assert "adapter_model.safetensors:" in checkpoint_problem(checkpoint)
+
+
 @pytest.mark.parametrize(("damage", "problem"), [
     (lambda c: cut(c / "trainer_state.json", 10), "trainer_state.json is not a complete trainer state"),
     (lambda c: (c / "trainer_state.json").write_text('{"global_step": 3}'), "holds step 3, the folder's name says 12"),
@@ -72,15 +80,17 @@ def test_a_half_written_checkpoint_is_passed_over_with_its_name(tmp_path, caplog
 
 def test_run_config_of_each_stage_holds_its_sections():
     config = run_config(PARAMS, "adapt")
-    assert set(config) == {"seed", "data", "adapt"}
+    assert set(config) == {"seed", "resources", "data", "adapt"}
     assert config["adapt"]["ewc_lambda"] == PARAMS.adapt.ewc_lambda and config["adapt"]["lr"] == PARAMS.adapt.lr
-    assert set(run_config(PARAMS, "pretrain")) == {"seed", "data", "model", "pretrain"}
+    assert set(run_config(PARAMS, "pretrain")) == {"seed", "resources", "data", "model", "pretrain"}
     with pytest.raises(KeyError, match="no training run is defined for stage 'eval'"):
         run_config(PARAMS, "eval")
 
 
 @pytest.mark.parametrize(("stage", "section", "change"), [
-    ("adapt", "adapt", {"ewc_lambda": 0.5}), ("adapt", "adapt", {"lr": 1e-5}), ("adapt", "data", {"corpus": "cv"}),
+    ("adapt", "adapt", {"ewc_lambda": 0.5}), ("adapt", "adapt", {"lr": 1e-5}), ("adapt", "adapt", {"seed": 1}),
+    ("adapt", "data", {"common_voice": {"nl": CommonVoiceSource("cv/nl"), "de": CommonVoiceSource("cv/de")}}),
+    ("adapt", "resources", {"nproc_per_node": 2}),
     ("pretrain", "pretrain", {"max_steps": 7}), ("pretrain", "model", {"name": "xlsr"}),
 ])
 def test_another_param_gives_another_stage_run_key(tmp_path, stage, section, change):

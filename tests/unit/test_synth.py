@@ -84,8 +84,27 @@ def test_planted_defects_are_there(corpus):
         assert by_kind["empty_sentence"]["sentence"] == ""
         assert soundfile.info(clips / defects["too_long"].path).duration > 15
         assert int(by_kind["down_voted"]["down_votes"]) > int(by_kind["down_voted"]["up_votes"])
+        assert by_kind["segment"]["segment"] == "Benchmark" and len(by_kind["segment"]["sentence"].split()) == 1
         good = [row for row in rows if row["path"] not in {d.path for d in summary.defects}]
         assert all(2 <= int(r["up_votes"]) <= 4 and 0 <= int(r["down_votes"]) <= 1 and r["sentence"] for r in good)
+        assert all(r["segment"] == "" for r in good)
+
+
+def test_sentences_are_read_by_several_speakers_and_the_official_splits_keep_them_apart(tmp_path):
+    summary = write_demo_corpus(tmp_path, "nl", clips=300, speakers=20, seed=2, readers_per_sentence=1.5)
+    rows = read_rows(summary.root / "validated.tsv")
+    readers: dict[str, set[str]] = {}
+    for row in rows:
+        readers.setdefault(normalise_text(row["sentence"]), set()).add(row["client_id"])
+    assert 1.3 < len(rows) / len(readers) < 1.7  # about 1.5 readings per sentence
+    assert sum(len(who) > 1 for who in readers.values()) > 0.2 * len(readers)  # many by two speakers or more
+    sizes = sorted(sum(row["client_id"] == c for row in rows) for c in {row["client_id"] for row in rows})
+    assert sizes[-1] > 3 * sizes[0]  # uneven speakers, as in a real release
+    official = {name: read_rows(summary.root / f"{name}.tsv") for name in ("train", "dev", "test")}
+    assert all(official.values()) and sum(map(len, official.values())) == len({normalise_text(r["sentence"]) for r in rows})
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        assert not {r["client_id"] for r in official[a]} & {r["client_id"] for r in official[b]}
+        assert not {r["sentence"] for r in official[a]} & {r["sentence"] for r in official[b]}
 
 
 def test_same_seed_same_tsv_other_seed_other_tsv(tmp_path):
@@ -93,7 +112,7 @@ def test_same_seed_same_tsv_other_seed_other_tsv(tmp_path):
     (tmp_path / "de" / "clips" / "stale.mp3").write_bytes(b"old")
     again = write_demo_corpus(tmp_path, "de", clips=10, speakers=3, seed=0)
     assert (again.root / "validated.tsv").read_bytes() == first
-    assert sorted(p.name for p in again.root.iterdir()) == ["clips", "validated.tsv"]  # no leftovers, no .partial
+    assert sorted(p.name for p in again.root.iterdir()) == ["clips", "dev.tsv", "test.tsv", "train.tsv", "validated.tsv"]
     assert len(list((again.root / "clips").iterdir())) == 9  # 10 rows, one missing clip
     other = write_demo_corpus(tmp_path / "other", "de", clips=10, speakers=3, seed=1)
     assert (other.root / "validated.tsv").read_bytes() != first

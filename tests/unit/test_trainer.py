@@ -1,5 +1,5 @@
-"""The training core on real eSpeak clips: loss falling, the regulariser hook, and resume / repeat determinism of
-short CPU runs."""
+"""The training core on real eSpeak clips: loss falling, the regulariser hooks, the keep rules and the forgetting
+curve, and resume / repeat determinism of short CPU runs."""
 
 import csv
 import dataclasses
@@ -8,17 +8,21 @@ import logging
 import shutil
 from pathlib import Path
 
+import jiwer
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from forgetting.model import build_model, build_processor
+from forgetting.batching import Split
+from forgetting.decoding import transcribe
+from forgetting.model import apply_training_config, build_model, build_processor, load_trained
 from forgetting.params import load_params
 from forgetting.penalty import EWCPenalty
+from forgetting.regulariser import Regulariser
 from forgetting.resume import last_checkpoint
 from forgetting.step_guards import NonFiniteStepsError, OutOfMemoryError
-from forgetting.trainer import logging_steps, train_ctc
+from forgetting.trainer import TIMINGS_FILE, logging_steps, train_ctc
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = load_params(ROOT / "params.yaml")
@@ -28,17 +32,35 @@ MICRO = dataclasses.replace(PARAMS.pretrain, lr=3e-3, warmup_ratio=0.2, max_step
                             eval_steps=3, dropout=0.05, mask_time_prob=0.05, dataloader_workers=0, save_total_limit=2)
 
 
+class Term(Regulariser):
+    """A loss-term regulariser from a function of the model (called once per training micro-batch)."""
+
+    curve = "train/penalty"
+
+    def __init__(self, function):
+        self.function = function
+
+    def loss(self, model, inputs, logits):
+        return self.function(model)
+
+
 def run(corpus, root: Path, params=MICRO, train=slice(0, 8), dev=slice(8, 12), regulariser=None, key="k" * 64, ewc=None,
-        callbacks=()):
-    """One `train_ctc` run of a freshly built tiny model (seed 0) with everything written under `root`; `ewc`
-    (a function of the model) builds the regulariser from the model when given."""
+        callbacks=(), model=None, extra_dev=None, keep="best_target_dev"):
+    """One `train_ctc` run of a freshly built tiny model (seed 0), or of `model`, with everything written under `root`;
+    `regulariser` a function of the model (a loss term) or a Regulariser; `ewc` (a function of the model) builds the
+    regulariser from the model when given; `extra_dev` a second dev language ("de": those utterances)."""
     processor = build_processor(corpus.vocab)
-    model = build_model(PARAMS.model, processor.tokenizer.get_vocab(), seed=0)
+    model = model if model is not None else build_model(PARAMS.model, processor.tokenizer.get_vocab(), seed=0)
     if ewc is not None:
+        apply_training_config(model, params)  # as the adapt stage does: the penalty anchors what trains
         regulariser = ewc(model)
-    result = train_ctc(model, processor, corpus.utterances[train], corpus.utterances[dev], corpus.clips_dir, params, "micro",
-                       seed=0, out_dir=root / "model", reports_dir=root / "reports", checkpoints_root=root / "checkpoints",
-                       run_key=key, regulariser=regulariser, extra_callbacks=callbacks)
+    regularisers = [] if regulariser is None else [regulariser if isinstance(regulariser, Regulariser) else Term(regulariser)]
+    dev_sets = {"nl": Split(corpus.utterances[dev], corpus.clips_dir)}
+    if extra_dev is not None:
+        dev_sets["de"] = Split(corpus.utterances[extra_dev], corpus.clips_dir)
+    result = train_ctc(model, processor, Split(corpus.utterances[train], corpus.clips_dir), dev_sets, params, "micro",
+                       out_dir=root / "model", reports_dir=root / "reports", checkpoints_root=root / "checkpoints",
+                       run_key=key, keep=keep, regularisers=regularisers, extra_callbacks=callbacks)
     return result, load_file(root / "model" / "model.safetensors")
 
 
@@ -55,20 +77,22 @@ def test_overfitting_four_clips_lowers_the_loss(corpus, tmp_path):
     losses = curve(tmp_path / "reports", "train/ctc_loss")
     assert losses[1] > 3 * losses[30]  # random init (~11) down to the CTC blank plateau (~2.8); past it takes ~250 steps
     assert not (tmp_path / "reports" / "plots" / "metrics" / "train" / "penalty.tsv").exists()  # no regulariser
-    assert result.steps == result.best_step == 30 and result.resumed_from_step is None
+    assert result.steps == result.kept_step == 30 and result.resumed_from_step is None
     summary = json.loads((tmp_path / "reports" / "metrics.json").read_text())
-    assert summary["best"] == {"dev_wer": result.best_dev_wer, "dev_cer": result.best_dev_cer, "step": 30}
-    assert 0 <= result.best_dev_cer <= 1.5
+    # results only: no timings, throughput, gradient norm or learning rate (they differ on every run)
+    assert summary == {"kept": {"rule": "best_target_dev", "step": 30, "dev": result.dev}, "skipped_steps": 0, "step": 30}
+    assert 0 <= result.dev["nl"]["cer"] <= 1.5
     assert {p.name for p in (tmp_path / "model").iterdir()} >= {"model.safetensors", "config.json", "vocab.json"}
     assert not (tmp_path / "checkpoints" / f"micro-{'k' * 16}").exists()  # removed once the model is written
-    assert {p.name for p in (tmp_path / "reports").iterdir()} == {"metrics.json", "plots"}  # no dvc.yaml, no params.yaml
+    # no dvc.yaml, no params.yaml; the timings in a file of their own
+    assert {p.name for p in (tmp_path / "reports").iterdir()} == {"metrics.json", "plots", TIMINGS_FILE}
+    assert json.loads((tmp_path / "reports" / TIMINGS_FILE).read_text())["runtime"] > 0
     curves = {str(p.relative_to(tmp_path / "reports" / "plots" / "metrics")) for p in (tmp_path / "reports").rglob("*.tsv")}
-    assert curves == {"train/loss.tsv", "train/ctc_loss.tsv", "train/grad_norm.tsv",
-                      "train/learning_rate.tsv", "eval/loss.tsv", "eval/wer.tsv", "eval/cer.tsv"}
-    assert summary["train"]["runtime"] > 0 and summary["eval"]["wer"] == result.best_dev_wer
+    assert curves == {"train/loss.tsv", "train/ctc_loss.tsv", "train/grad_norm.tsv", "train/learning_rate.tsv",
+                      "eval/nl_loss.tsv", "eval/nl_wer.tsv", "eval/nl_cer.tsv", "eval/average_wer.tsv"}
 
 
-def test_regulariser_is_added_once_per_step_and_logged_apart(corpus, tmp_path):
+def test_a_loss_term_is_added_to_every_micro_batch_and_logged_apart(corpus, tmp_path):
     params = dataclasses.replace(MICRO, max_steps=4, eval_steps=4, batch_size=2, effective_batch_size=4)  # 2 micro-batches
     calls = []
 
@@ -83,6 +107,38 @@ def test_regulariser_is_added_once_per_step_and_logged_apart(corpus, tmp_path):
     for step in loss:
         assert penalty[step] > 0.01
         assert loss[step] == pytest.approx(ctc[step] + penalty[step], rel=1e-3)  # not x2: the Trainer divided by accumulation
+
+
+class Watched(EWCPenalty):
+    """The L2 penalty, recording when the core adds its gradient and asks for its value."""
+
+    def __init__(self, model, lam):
+        super().__init__(model, None, lam)
+        self.gradients, self.values = [], 0
+
+    def add_gradient(self, model, scale=1.0):
+        self.gradients.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+        super().add_gradient(model, scale)
+
+    def value(self, model):
+        self.values += 1
+        return super().value(model)
+
+
+def test_a_penalty_gradient_is_added_once_per_optimiser_step_after_the_micro_batches(corpus, tmp_path):
+    # 4 steps of 2 micro-batches each, logged at steps 1 and 4 (logging_steps(4) = 4, and the first step)
+    params = dataclasses.replace(MICRO, max_steps=4, eval_steps=4, batch_size=2, effective_batch_size=4)
+    processor = build_processor(corpus.vocab)
+    model = build_model(PARAMS.model, processor.tokenizer.get_vocab(), seed=0)
+    penalty = Watched(model, lam=5.0)
+    run(corpus, tmp_path, params, regulariser=penalty, model=model)
+    assert len(penalty.gradients) == 4  # once per optimiser step, not once per micro-batch
+    assert all(all(g is not None and bool(g.abs().sum() > 0) for g in step) for step in penalty.gradients)  # after CTC
+    assert penalty.values == 2  # computed only when it is logged
+    loss, ctc, logged = (curve(tmp_path / "reports", f"train/{name}") for name in ("loss", "ctc_loss", "penalty"))
+    assert sorted(logged) == [1, 4] and logged[4] > 0
+    for step in loss:
+        assert loss[step] == pytest.approx(ctc[step] + logged[step], rel=1e-4)
 
 
 class Interrupted(Exception):
@@ -118,10 +174,9 @@ def test_interrupted_run_resumes_to_the_same_weights(corpus, full_run, tmp_path)
     result, weights = run(corpus, tmp_path)
     assert result.resumed_from_step == 3 and result.steps == 6
     expected, expected_weights = full_run
-    assert (result.best_dev_wer, result.best_dev_cer, result.best_step) == (
-        expected.best_dev_wer, expected.best_dev_cer, expected.best_step)
+    assert (result.dev, result.kept_step) == (expected.dev, expected.kept_step)
     assert all(torch.equal(weights[name], expected_weights[name]) for name in weights)
-    assert sorted(curve(tmp_path / "reports", "eval/wer")) == [3, 6]  # the curve continues across the resume
+    assert sorted(curve(tmp_path / "reports", "eval/nl_wer")) == [3, 6]  # the curve continues across the resume
 
 
 def interrupt_at(micro_batch: int):
@@ -158,10 +213,8 @@ def test_a_resumed_run_logs_the_curves_of_an_uninterrupted_one(corpus, tmp_path)
 
 
 def results_of(reports: Path) -> dict:
-    """The stage's metrics.json without its timings, the only values two runs may differ in."""
-    metrics = json.loads((reports / "metrics.json").read_text())
-    return {key: {k: v for k, v in value.items() if "runtime" not in k and "per_second" not in k}
-            if isinstance(value, dict) else value for key, value in metrics.items()}
+    """The stage's metrics.json: results only (the timings are in their own file)."""
+    return json.loads((reports / "metrics.json").read_text())
 
 
 def test_a_half_written_checkpoint_is_not_resumed_from(corpus, full_run, tmp_path):
@@ -261,12 +314,12 @@ def test_out_of_memory_halves_the_physical_batch_and_keeps_the_gradient(corpus, 
     params = dataclasses.replace(MICRO, batch_size=4, effective_batch_size=4, dropout=0.0, mask_time_prob=0.0)
     limit = MemoryLimit(clips=1, in_backward=in_backward)
 
-    def l2(model: torch.nn.Module) -> torch.Tensor:  # a penalty: counted once per micro-batch, not once per piece
-        return 1e-3 * sum(p.pow(2).sum() for p in model.parameters())
+    def l2(model: torch.nn.Module) -> EWCPenalty:  # a penalty: added once per optimiser step, not once per piece
+        return EWCPenalty(model, None, lam=1.0)
 
     with caplog.at_level(logging.WARNING, logger="forgetting.trainer"):
-        result, weights = run(corpus, tmp_path / "oom", params, regulariser=l2, callbacks=[limit])
-    _, expected = run(corpus, tmp_path / "small", dataclasses.replace(params, batch_size=1), regulariser=l2)
+        result, weights = run(corpus, tmp_path / "oom", params, ewc=l2, callbacks=[limit])
+    _, expected = run(corpus, tmp_path / "small", dataclasses.replace(params, batch_size=1), ewc=l2)
     assert limit.failures == 2 and result.skipped_steps == ()
     assert all(torch.allclose(weights[n], expected[n], rtol=0, atol=1e-6) for n in weights)
     warnings = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
@@ -314,3 +367,26 @@ def test_another_run_key_starts_afresh(corpus, full_run, tmp_path):
     (stale / "trainer_state.json").write_text("{}")  # would fail to load if it were picked up
     result, _ = run(corpus, tmp_path, key="n" * 64)
     assert result.resumed_from_step is None and stale.exists()
+
+
+@pytest.mark.parametrize("keep", ["last", "best_target_dev", "best_average_dev"])
+def test_each_keep_rule_keeps_its_step_and_the_source_dev_split_gives_the_forgetting_curve(corpus, tmp_path, keep):
+    # target dev "nl" (the first dev language) and a second, "de", evaluated at steps 2, 4 and 6
+    assert len(corpus.utterances) >= 12
+    params = dataclasses.replace(MICRO, eval_steps=2, mask_time_prob=0.0, dropout=0.0)
+    result, _ = run(corpus, tmp_path, params, train=slice(0, 6), dev=slice(6, 9), extra_dev=slice(9, 12), keep=keep)
+    reports = tmp_path / "reports"
+    target, source, average = (curve(reports, f"eval/{name}") for name in ("nl_wer", "de_wer", "average_wer"))
+    assert sorted(target) == sorted(source) == sorted(average) == [2, 4, 6]  # a point per evaluation step, each language
+    for step in average:
+        assert average[step] == pytest.approx((target[step] + source[step]) / 2)
+    rule = {"last": None, "best_target_dev": target, "best_average_dev": average}[keep]
+    expected = 6 if rule is None else min(rule, key=lambda step: (rule[step], step))  # the first of equal bests
+    assert result.kept_step == expected and result.keep == keep
+    # the written model is the kept step's: its dev CER, recomputed, is the one logged at that step
+    model, processor = load_trained(tmp_path / "model")
+    for lang, dev in (("nl", slice(6, 9)), ("de", slice(9, 12))):
+        utterances = corpus.utterances[dev]
+        hypotheses = transcribe(model, processor, utterances, corpus.clips_dir, batch_size=4, progress=False)
+        cer = jiwer.cer([u.text for u in utterances], hypotheses)
+        assert cer == pytest.approx(result.dev[lang]["cer"]) == pytest.approx(curve(reports, f"eval/{lang}_cer")[expected])

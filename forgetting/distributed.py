@@ -1,0 +1,72 @@
+"""The processes of a stage started by `torchrun` (one per GPU): who this process is, and the few collectives the
+stages need. Started as one plain process, every function here is a no-op and the world has size 1.
+
+pretrain and adapt run through transformers' Trainer, which sets up DistributedDataParallel itself; the importance
+and eval stages call `init()` and shard their utterances. In every stage, process 0 alone writes the outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    """The number of processes of this stage (torchrun's WORLD_SIZE), 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's index among them (torchrun's RANK), 0 without torchrun."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    """Whether this process writes the stage's outputs."""
+    return rank() == 0
+
+
+def device() -> torch.device:
+    """This process's device: its GPU (torchrun's LOCAL_RANK) when there are GPUs, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def init() -> None:
+    """Join the process group (NCCL on GPUs, gloo on CPUs) when started by torchrun with more than one process."""
+    if world_size() > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(device())
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def shard(count: int) -> list[int]:
+    """The indices of `count` items that this process handles: every world_size-th, from its rank (interleaved, so
+    that items sorted by length spread their cost evenly)."""
+    return list(range(rank(), count, world_size()))
+
+
+def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
+    """Sum each tensor over all processes, in place."""
+    if world_size() > 1:
+        for tensor in tensors:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def gather_objects(value: object) -> list[object]:
+    """Every process's `value`, in rank order, on every process."""
+    if world_size() == 1:
+        return [value]
+    gathered: list[object] = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def barrier() -> None:
+    """Wait until every process gets here."""
+    if world_size() > 1:
+        dist.barrier()
