@@ -3,8 +3,8 @@ normalise + collate through the same Dataset, collator and DataLoader), to show 
 
     python -m benchmarks.train [--train data/validated/nl/train.tsv] [--steps 60]
 
-Uses `data.corpus` (the clips), the `pretrain` params (batch size, loader workers, lr) and `model` params. When the
-validated train split is missing (the pipeline has not run), a small Dutch demo corpus is synthesised into a
+Uses the source language's clips folder (`data`), the `pretrain` params (batch size, loader workers, lr) and `model`
+params. When the validated train split is missing (the pipeline has not run), a small Dutch demo corpus is synthesised into a
 temporary folder, and the JSON says so. Training runs `train_ctc` for `--steps` optimiser steps with one
 evaluation (16 dev clips) and one checkpoint at the end, both inside the Trainer's samples/s.
 """
@@ -21,9 +21,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from forgetting.audio import TARGET_SR, load_clip_16k
-from forgetting.batching import CTCCollator, UtteranceDataset
+from forgetting.batching import CTCCollator, Split, UtteranceDataset
 from forgetting.corpus import Utterance, build_vocab, read_corpus_tsv, read_split_tsv
 from forgetting.io import write_json
+from forgetting.layout import SOURCE, clips_dir, corpus_clips, corpus_metadata
 from forgetting.model import build_model, build_processor
 from forgetting.params import load_params
 from forgetting.synth import write_demo_corpus
@@ -38,10 +39,10 @@ def synthesised_split(root: Path, seed: int) -> tuple[list[Utterance], Path]:
     """A Dutch demo corpus in `root`, its readable rows with decoded durations, and its clips folder."""
     summary = write_demo_corpus(root, "nl", SYNTH_CLIPS, speakers=4, seed=seed)
     broken = {d.path for d in summary.defects}
-    clips_dir = root / "nl" / "clips"
-    rows = [u for u in read_corpus_tsv(root / "nl" / "validated.tsv") if u.path not in broken and u.text]
-    rows = [dataclasses.replace(u, duration_s=len(load_clip_16k(clips_dir / u.path)) / TARGET_SR) for u in rows]
-    return [u for u in rows if u.duration_s <= 10.0], clips_dir
+    clips = corpus_clips(root / "nl")
+    rows = [u for u in read_corpus_tsv(corpus_metadata(root / "nl")) if u.path not in broken and u.text]
+    rows = [dataclasses.replace(u, duration_s=len(load_clip_16k(clips / u.path)) / TARGET_SR) for u in rows]
+    return [u for u in rows if u.duration_s <= 10.0], clips
 
 
 def loading_rate(dataset: UtteranceDataset, batch_size: int, workers: int) -> float:
@@ -70,22 +71,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.train.is_file():
-            utterances, clips_dir, source = read_split_tsv(args.train), Path(params.data.corpus) / "nl" / "clips", str(args.train)
+            utterances, clips, source = read_split_tsv(args.train), clips_dir(params.data.source(SOURCE)), str(args.train)
         else:
-            utterances, clips_dir = synthesised_split(tmp / "corpus", params.seed)
+            utterances, clips = synthesised_split(tmp / "corpus", params.seed)
             source = f"{len(utterances)} demo clips synthesised in a temporary folder ({args.train} missing)"
         write_json(tmp / "vocab.json", build_vocab(u.text for u in utterances))
         processor = build_processor(tmp / "vocab.json")
         dev, train = utterances[:DEV_CLIPS], utterances[DEV_CLIPS:]
 
-        sample = UtteranceDataset(train[: args.load_clips], clips_dir, processor)
+        sample = UtteranceDataset(train[: args.load_clips], clips, processor)
         workers = sorted({0, train_params.dataloader_workers})
         loading = {str(w): round(loading_rate(sample, train_params.batch_size, w), 1) for w in workers}
 
-        model = build_model(params.model, processor.tokenizer.get_vocab(), params.seed)
+        model = build_model(params.model, processor.tokenizer.get_vocab(), train_params.seed)
         start = time.perf_counter()
-        result = train_ctc(model, processor, train, dev, clips_dir, train_params, "bench", params.seed, tmp / "model",
-                           tmp / "reports", tmp / "checkpoints", "bench" * 13)
+        result = train_ctc(model, processor, Split(train, clips), {SOURCE: Split(dev, clips)}, train_params, "bench",
+                           tmp / "model", tmp / "reports", tmp / "checkpoints", "bench" * 13)
         wall_s = time.perf_counter() - start
 
     samples = args.steps * train_params.effective_batch_size
@@ -96,12 +97,12 @@ def main() -> None:
         "batch_size": train_params.batch_size,
         "effective_batch_size": train_params.effective_batch_size,
         "steps": args.steps,
-        "train_samples_per_s": round(result.train_samples_per_second, 2),
-        "train_seconds_per_step": round(samples / result.train_samples_per_second / args.steps, 4),
+        "train_samples_per_s": round(result.timings["samples_per_second"], 2),
+        "train_seconds_per_step": round(samples / result.timings["samples_per_second"] / args.steps, 4),
         "train_wall_s": round(wall_s, 2),  # includes model set-up, one evaluation and the final save
         "loading_clips": len(sample),
         "loading_samples_per_s": loading,  # by DataLoader worker count
-        "loading_over_training": round(max(loading.values()) / result.train_samples_per_second, 1),
+        "loading_over_training": round(max(loading.values()) / result.timings["samples_per_second"], 1),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch_threads": torch.get_num_threads(),
         "cpus_available": resolve_workers(0),

@@ -262,10 +262,6 @@ class LoraParams:
         _require(bool(self.target_modules), f"{key}.target_modules", "must name at least one module")
 
 
-METHODS = ("ewc", "mas", "l2", "lwf", "lora")
-PENALTY_METHODS = ("ewc", "mas", "l2")  # the methods that use adapt.ewc_lambda
-
-
 @dataclass(frozen=True, kw_only=True)
 class AdaptParams(TrainParams):
     method: Literal["ewc", "mas", "l2", "lwf", "lora"]

@@ -48,7 +48,7 @@ def main() -> None:
     for name in scores:
         for lang in tests:
             write_scores_tsv(args.predictions / predictions_name(name, lang), scores[name][lang])
-    plot_error_rates(metrics, args.figure)
+    plot_error_rates({name: metrics[name] for name in scores}, args.figure)
     write_json(args.predictions / "error_rates.json", [  # the 2x2 bars of `dvc plots show`
         {"system": f"{name} {lang} {rate.upper()}", "error_rate": metrics[name][lang][rate]}
         for name in scores for lang in tests for rate in ("wer", "cer")])

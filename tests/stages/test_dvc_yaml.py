@@ -50,6 +50,17 @@ def imported_files(module: str) -> set[Path]:
     return seen
 
 
+def stage_modules(cmd: str) -> list[str]:
+    """The project modules a stage's command runs: `python -m stages.x`, or the launcher and the stage it starts
+    (`python -m stages.launch N stages.x`)."""
+    return re.findall(r"\bstages\.\w+", cmd)
+
+
+def test_the_launcher_and_its_stage_are_both_followed():
+    assert stage_modules("python -m stages.launch ${resources.nproc_per_node} stages.adapt --model m") == [
+        "stages.launch", "stages.adapt"]
+
+
 def stage_specs() -> dict[str, dict]:
     """Each stage's definition (a foreach stage's `do`)."""
     return {name: spec.get("do", spec) for name, spec in DVC_YAML["stages"].items()}
@@ -58,9 +69,9 @@ def stage_specs() -> dict[str, dict]:
 @pytest.mark.parametrize("stage", sorted(stage_specs()))
 def test_stage_deps_are_exactly_the_code_it_imports(stage):
     spec = stage_specs()[stage]
-    entry = re.search(r"-m (stages\.\w+)", spec["cmd"]).group(1)
+    entries = stage_modules(spec["cmd"])
     declared = {ROOT / dep for dep in spec["deps"] if dep.endswith(".py")}
-    imported = imported_files(entry)
+    imported = set().union(*(imported_files(entry) for entry in entries))
     assert sorted(p.relative_to(ROOT).as_posix() for p in imported - declared) == [], "missing from deps"
     assert sorted(p.relative_to(ROOT).as_posix() for p in declared - imported) == [], "stale in deps"
 

@@ -1,0 +1,25 @@
+"""Run a stage as `resources.nproc_per_node` processes, as dvc.yaml does: `python -m stages.launch N stages.<name> ARGS`.
+
+N = 1: the stage runs in this very process, exactly as `python -m stages.<name> ARGS` would (a refused input ends in
+the stage's one line, not in a launcher's traceback). N > 1: torchrun starts N processes of the stage on this machine
+(`torchrun --standalone --nproc_per_node N -m stages.<name> ARGS`; see the README for more than one machine).
+"""
+
+import os
+import runpy
+import sys
+
+
+def main() -> None:
+    if len(sys.argv) < 3 or not sys.argv[1].isdigit() or int(sys.argv[1]) < 1 or not sys.argv[2].startswith("stages."):
+        raise SystemExit(f"usage: python -m stages.launch N stages.<name> [args ...] (N >= 1), got {sys.argv[1:3]}")
+    count, module, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    if count == 1:
+        sys.argv = [module, *args]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    else:
+        os.execvp("torchrun", ["torchrun", "--standalone", f"--nproc_per_node={count}", "-m", module, *args])
+
+
+if __name__ == "__main__":
+    main()
