@@ -94,6 +94,11 @@ class CTCTrainer(Trainer):
                 return self._training_step_in_pieces(model, inputs, num_items_in_batch)
             except torch.OutOfMemoryError as err:
                 clear_device_cache()
+                if self.args.world_size > 1:  # a retry or a skip on one process would desynchronise the gradient reduction
+                    raise OutOfMemoryError(f"out of memory at step {self.state.global_step + 1} on process "
+                                           f"{self.args.process_index} of {self.args.world_size} with {self._piece_size} "
+                                           "utterances in a forward pass: lower batch_size (keeping effective_batch_size) "
+                                           "or validate.max_seconds; the run resumes from its last checkpoint") from err
                 if self._piece_size == 1:
                     raise OutOfMemoryError(f"{', '.join(self._piece_paths) or 'a clip'} does not fit in memory even "
                                            f"alone: lower validate.max_seconds, or train a smaller model or in fp16/bf16"
@@ -134,15 +139,25 @@ class CTCTrainer(Trainer):
         step = optimizer.step
 
         def step_unless_skipped(*step_args, **step_kwargs):
-            return None if self._skip else step(*step_args, **step_kwargs)
+            if not self._skip:
+                return step(*step_args, **step_kwargs)
+            scaler = self._scaler()
+            if scaler is not None:  # the gradients were unscaled for clipping: the scaler must close its step
+                scaler.update()
+            return None
 
         optimizer.step = step_unless_skipped
         return optimizer
 
+    def _scaler(self) -> torch.amp.GradScaler | None:
+        """The fp16 loss scaler, when one runs."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        return scaler if scaler is not None and scaler.is_enabled() else None
+
     def _add_regulariser_gradients(self, model) -> None:
         """The regularisers' once-per-step gradients, in the loss scale the accumulated gradients carry (fp16)."""
-        scaler = getattr(self.accelerator, "scaler", None)
-        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+        scaler = self._scaler()
+        scale = float(scaler.get_scale()) if scaler is not None else 1.0
         unwrapped = self.accelerator.unwrap_model(model)
         for regulariser in self.regularisers:
             regulariser.add_gradient(unwrapped, scale)
@@ -155,11 +170,14 @@ class CTCTrainer(Trainer):
         """The gradient norm, and the decision whether this optimiser step is applied: not when the loss of one of its
         micro-batches (CTC + regularisers) or the gradient (the penalty's included) is not finite, on any process. A
         skipped step leaves the weights, the optimiser state and the learning-rate schedule as they were, is counted
-        and names its clips."""
+        and names its clips. In fp16 a non-finite gradient is the loss scaler's routine overflow: the scaler skips that
+        step and lowers its scale itself, and it is not counted."""
         if grad_norm is None:  # no clipping (max_grad_norm 0): the regularisers' gradients go in here
             self._add_regulariser_gradients(model)
         grad_norm = super()._get_grad_norm(model, grad_norm)
         bad = ~torch.isfinite(torch.as_tensor(grad_norm, device=self.args.device))
+        if self._scaler() is not None:
+            bad = torch.zeros_like(bad)
         if self._bad_loss is not None:
             bad = bad | self._bad_loss.to(bad.device)
         # one host sync per optimiser step, as a GradScaler makes; every process takes the same decision

@@ -64,9 +64,3 @@ def gather_objects(value: object) -> list[object]:
     gathered: list[object] = [None] * world_size()
     dist.all_gather_object(gathered, value)
     return gathered
-
-
-def barrier() -> None:
-    """Wait until every process gets here."""
-    if world_size() > 1:
-        dist.barrier()

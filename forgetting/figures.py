@@ -66,7 +66,7 @@ def plot_adapt_curves(live_dir: Path, target: str, source: str, path: Path) -> N
             loss_ax.plot(steps, values, label=label)
     loss_ax.plot(*read_curve(live_dir, dev_curve(target, "loss")), "o--", label=f"CTC loss ({target} dev)")
     loss_ax.set_xlabel("optimiser step")
-    loss_ax.set_ylabel("loss (per utterance, nats)")
+    loss_ax.set_ylabel("loss (nats per label)")
     loss_ax.set_yscale("symlog", linthresh=0.01)
     loss_ax.legend(fontsize=8)
     for lang, style in ((target, "-"), (source, "--")):

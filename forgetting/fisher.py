@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from forgetting.batching import LABEL_PAD as IGNORE_INDEX
 from forgetting.corpus import Utterance
 from forgetting.grad_sample import SquaredGradSampler, accumulate_batched, accumulate_looped, padding_is_safe
 from forgetting.importance import Importance, normalised
 
-IGNORE_INDEX = -100  # label padding, as in transformers' CTC loss
 FisherLoss = Literal["log_likelihood", "training_loss"]
 
 

@@ -52,20 +52,6 @@ class DatasetSourceError(InputError):
     """A dataset that cannot be read as a corpus; the message names the dataset folder, split, row and column."""
 
 
-def dataset_files(path: Path) -> list[Path]:
-    """The files that hold the dataset at `path` (what a DVC dependency must cover), sorted.
-
-    A save_to_disk folder: `dataset_dict.json` and each split's `state.json`, `dataset_info.json` and Arrow files
-    (not the `cache-*.arrow` files that `datasets` may leave beside them). A parquet folder: its split files.
-    """
-    if (path / "dataset_dict.json").is_file():
-        splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
-        return sorted([path / "dataset_dict.json", *(f for split in splits for f in _arrow_files(path / split))])
-    if (path / "state.json").is_file():
-        return sorted(_arrow_files(path))
-    return sorted(f for files in _parquet_layout(path).values() for f in files)
-
-
 def _arrow_files(folder: Path) -> list[Path]:
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     return [folder / "state.json", folder / "dataset_info.json", *(folder / f["filename"] for f in state["_data_files"])]
@@ -200,7 +186,7 @@ def _sniff_suffix(data: bytes, where: str) -> str:
 
 
 def read_rows(source: DatasetSource) -> dict[str, list[Utterance]]:
-    """Every row of each dataset split that `source.splits` names, keyed by the dataset's split name, in row order.
+    """Every row of each dataset split that `source.split_names` names, keyed by the dataset's split name, in row order.
 
     Row `r` of split `s` becomes `Utterance(path=f"{s}-{r:08d}{ext}", line=r, ...)`: the name of its clip in the clips
     folder; `ext` is the stored audio path's suffix when it is one of AUDIO_SUFFIXES, else it is read from the audio
@@ -208,13 +194,13 @@ def read_rows(source: DatasetSource) -> dict[str, list[Utterance]]:
     There are no votes (None). A missing sentence is the empty text, which the sample filters drop and count.
     """
     splits = _open_splits(Path(source.path))
-    unknown = sorted({name for name in source.splits.values() if name not in splits})
+    unknown = sorted({name for name in source.split_names.values() if name not in splits})
     if unknown:
-        raise DatasetSourceError(f"{source.path}: no split(s) {unknown} (splits {dict(source.splits)}); the dataset has "
+        raise DatasetSourceError(f"{source.path}: no split(s) {unknown} (splits {dict(source.split_names)}); the dataset has "
                                  f"splits {sorted(splits)}")
     text_columns = [source.sentence] + ([source.client_id] if source.client_id else [])
     out = {}
-    for split in dict.fromkeys(source.splits.values()):
+    for split in dict.fromkeys(source.split_names.values()):
         if not SPLIT_NAME.fullmatch(split):
             raise DatasetSourceError(f"{source.path}: split name {split!r} is not a valid split name (letters, digits, _ .)")
         rows = splits[split]

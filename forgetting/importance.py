@@ -20,7 +20,6 @@ from torch import Tensor
 from forgetting.errors import InputError
 from forgetting.io import atomic_path, file_sha256
 
-KINDS = ("empirical", "sampled", "mas")  # the empirical Fisher, the sampled (model's) Fisher, memory aware synapses
 RERUN = "run `dvc repro importance`"
 
 
@@ -31,9 +30,9 @@ class ImportanceError(InputError):
 @dataclass(frozen=True)
 class Importance:
     """A per-parameter importance: `tensors` maps parameter names to float32 tensors of the parameters' shapes, the
-    mean over `samples` utterances divided by `scale` (1.0 when `normalize="none"`). `kind` is one of KINDS; `loss`
-    is the Fisher's differentiated loss ("log_likelihood" or "training_loss"; "" for MAS); `draws` label sequences
-    per utterance (sampled Fisher; 1 otherwise)."""
+    mean over `samples` utterances divided by `scale` (1.0 when `normalize="none"`). `kind` is "empirical" or
+    "sampled" (the Fisher) or "mas"; `loss` is the Fisher's differentiated loss ("log_likelihood" or
+    "training_loss"; "" for MAS); `draws` label sequences per utterance (sampled Fisher; 1 otherwise)."""
 
     tensors: dict[str, Tensor]
     kind: str

@@ -32,7 +32,7 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class ResourcesParams:
-    nproc_per_node: int  # processes per machine for pretrain, importance and adapt (torchrun); 1 = one plain process
+    nproc_per_node: int  # processes per machine for pretrain, importance, adapt and eval (torchrun); 1 = one process
 
     def check(self, key: str) -> None:
         _require(self.nproc_per_node >= 1, f"{key}.nproc_per_node", f"must be >= 1, got {self.nproc_per_node}")
@@ -58,13 +58,13 @@ class DatasetSource:
     audio: str  # the Audio column
     sentence: str  # the text column
     client_id: str | None  # the speaker column; None when the dataset has none (each row is then its own speaker)
-    splits: dict[str, str]  # our split name -> the dataset's split name
+    split_names: dict[str, str]  # our split name -> the dataset's split name
 
     def check(self, key: str) -> None:
         for name in ("path", "clips", "audio", "sentence"):
             _require(bool(getattr(self, name).strip()), f"{key}.{name}", "must not be empty")
-        _require(sorted(self.splits) == sorted(SPLITS), f"{key}.splits",
-                 f"must map each of {list(SPLITS)} to a split of the dataset, got {self.splits}")
+        _require(sorted(self.split_names) == sorted(SPLITS), f"{key}.split_names",
+                 f"must map each of {list(SPLITS)} to a split of the dataset, got {self.split_names}")
 
 
 @dataclass(frozen=True)
@@ -327,6 +327,9 @@ class Params:
         _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         for stage in ("pretrain", "adapt"):  # the effective batch must divide over the processes before any work
             getattr(self, stage).grad_accum_steps(self.resources.nproc_per_node, stage)
+        _require(self.importance.samples >= self.resources.nproc_per_node, "importance.samples",
+                 f"{self.importance.samples} utterances cannot be shared by resources.nproc_per_node = "
+                 f"{self.resources.nproc_per_node} processes")
 
 
 def _convert(value: Any, hint: Any, key: str) -> Any:

@@ -92,7 +92,9 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
             pass
     except (SafetensorError, OSError) as err:
         return f"{weights.name}: {err}"
-    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+    # one process saves rng_state.pth; N processes (torchrun) save rng_state_<rank>.pth each
+    rng_states = sorted(p.name for p in checkpoint.glob("rng_state_*.pth")) or ["rng_state.pth"]
+    for name in ("optimizer.pt", "scheduler.pt", *rng_states):
         if not zipfile.is_zipfile(checkpoint / name):
             return f"{name} is missing or cut"
     if not (checkpoint / CHECKPOINT_CURVES).is_dir():

@@ -136,7 +136,7 @@ def train_ctc(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, train: Split,
     Curves go to `reports_dir` through dvclive (`plots/metrics/...`), the results to its `metrics.json`, run times to
     `timings.json`. Checkpoints go to `checkpoints_root/<stage>-<run_key[:16]>/`; when that folder holds a complete
     checkpoint, training resumes from the newest one. The folder is removed once the model is written. A step whose
-    loss or gradient is not finite is skipped (see `_CTCTrainer._get_grad_norm`); more than
+    loss or gradient is not finite is skipped (see `CTCTrainer._get_grad_norm`); more than
     `params.max_skipped_fraction` of the run's steps raise NonFiniteStepsError. `extra_callbacks` join the Trainer's.
     """
     if keep not in KEEP_RULES:

@@ -6,6 +6,8 @@ is evaluated alongside the target's (the forgetting curve); `adapt.keep` picks t
 
 from pathlib import Path
 
+from transformers import set_seed
+
 from forgetting import distributed
 from forgetting.batching import Split
 from forgetting.corpus import read_split_tsv
@@ -34,6 +36,7 @@ def main() -> None:
     ap = params.adapt
 
     model, processor = load_trained(args.model)
+    set_seed(ap.seed)  # the mask embedding, when masking adds one, starts from the training seed
     apply_training_config(model, ap)  # freeze first: a penalty anchors exactly the parameters that train
     method = build_method(ap, model, args.model, args.importance)
     target, source = clips_dir(params.data.source(TARGET)), clips_dir(params.data.source(SOURCE))

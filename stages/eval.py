@@ -34,7 +34,7 @@ def main() -> None:
     for name, model_dir in cli.named_paths(args.model, "--model").items():
         model, processor = load_trained(model_dir)
         model.to(distributed.device())
-        scores[name], metrics[name] = {}, {}
+        scores[name] = {}
         for lang, utterances in tests.items():
             mine = distributed.shard(len(utterances))
             hypotheses = transcribe(model, processor, [utterances[i] for i in mine], clips_dir(params.data.source(lang)),
@@ -42,11 +42,12 @@ def main() -> None:
             by_index = dict(pair for shard in distributed.gather_objects(list(zip(mine, hypotheses, strict=True)))
                             for pair in shard)
             scores[name][lang] = [score_utterance(u.path, u.client_id, u.text, by_index[i]) for i, u in enumerate(utterances)]
-            metrics[name][lang] = error_rates(scores[name][lang], **interval)
     if not distributed.is_main():
         return
     for name in scores:
+        metrics[name] = {}
         for lang in tests:
+            metrics[name][lang] = error_rates(scores[name][lang], **interval)
             write_scores_tsv(args.predictions / predictions_name(name, lang), scores[name][lang])
     plot_error_rates({name: metrics[name] for name in scores}, args.figure)
     write_json(args.predictions / "error_rates.json", [  # the 2x2 bars of `dvc plots show`

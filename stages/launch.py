@@ -18,7 +18,9 @@ def main() -> None:
         sys.argv = [module, *args]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     else:
-        os.execvp("torchrun", ["torchrun", "--standalone", f"--nproc_per_node={count}", "-m", module, *args])
+        # torchrun of this very interpreter (not whichever is first on PATH)
+        os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc_per_node={count}", "-m", module, *args])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Stage `sample_hf@<lang>` for a language read from a Hugging Face audio dataset on disk (`data.datasets.<lang>`):
 the same filters, sample and splits as `sample@<lang>` (grouped, or the dataset's own splits named in
-`data.datasets.<lang>.splits` with `sample.<lang>.splits: official`), then the chosen rows' audio, as stored, written
+`data.datasets.<lang>.split_names` with `sample.<lang>.splits: official`), then the chosen rows' audio, as stored, written
 to the language's clips folder (`data.datasets.<lang>.clips`), from where validate, training and eval read it.
 
 Reads the dataset with `datasets` (`forgetting.hf_dataset`), never decoding audio with it. The counts JSON is written
@@ -29,12 +29,12 @@ def main() -> None:
 
     rows = read_rows(source)  # by the dataset's split names
     if lang.splits == "official":
-        drawn, error = sample_official({ours: rows[theirs] for ours, theirs in source.splits.items()},
-                                       {ours: f"{source.path} split {theirs}" for ours, theirs in source.splits.items()},
+        drawn, error = sample_official({ours: rows[theirs] for ours, theirs in source.split_names.items()},
+                                       {ours: f"{source.path} split {theirs}" for ours, theirs in source.split_names.items()},
                                        lang, params.sample, params.seed, args.lang)
     else:
-        pooled = [u for theirs in source.splits.values() for u in rows[theirs]]
-        drawn, error = sample_grouped(pooled, f"{source.path} splits {', '.join(source.splits.values())}", lang,
+        pooled = [u for theirs in source.split_names.values() for u in rows[theirs]]
+        drawn, error = sample_grouped(pooled, f"{source.path} splits {', '.join(source.split_names.values())}", lang,
                                       params.sample, params.seed, args.lang)
     write_json(args.metrics, {"lang": args.lang, "speakers_from": source.client_id or "none: each row its own speaker",
                               **drawn.counts})

@@ -153,7 +153,8 @@ def test_a_dataset_saved_by_datasets_runs_through_sample_and_validate(dataset, m
     def from_dataset(p: dict) -> None:
         del p["data"]["common_voice"]["nl"]
         p["data"]["datasets"]["nl"] = {"path": str(dataset), "clips": "clips/nl", "audio": "audio", "sentence": "text",
-                                       "client_id": "speaker", "splits": {"train": "train", "dev": "validation", "test": "test"}}
+                                       "client_id": "speaker",
+                                       "split_names": {"train": "train", "dev": "validation", "test": "test"}}
         p["sample"].update(split_tolerance=0.5, max_speaker_share=1.0)
         p["sample"]["nl"].update(splits=how)
         p["validate"].update(workers=1, max_reject_fraction=0.0, min_seconds=0.5)

@@ -16,7 +16,7 @@ from datasets import Audio, Dataset, DatasetDict, load_from_disk
 from forgetting.audio import load_clip_16k, resample
 from forgetting.corpus import Utterance
 from forgetting.espeak import open_espeak
-from forgetting.hf_dataset import CLIP_NAME, DatasetSourceError, dataset_files, read_rows, write_clips
+from forgetting.hf_dataset import CLIP_NAME, DatasetSourceError, read_rows, write_clips
 from forgetting.params import DatasetSource
 from forgetting.synth import CLIP_RATE_HZ, to_clip_rate
 
@@ -94,7 +94,7 @@ def stored(audio, tmp_path_factory) -> dict[str, Path]:
 
 def source(path: Path, **changes) -> DatasetSource:
     fields = {"path": path, "clips": path.parent / "clips", "audio": "audio", "sentence": "transcription",
-              "client_id": "speaker_id", "splits": SPLITS} | changes
+              "client_id": "speaker_id", "split_names": SPLITS} | changes
     return DatasetSource(**fields)
 
 
@@ -141,7 +141,7 @@ def test_write_clips_writes_only_the_rows_asked_for(stored, audio, tmp_path):
 
 def test_a_plain_dataset_is_the_split_train(audio, tmp_path):
     dataset_dict(audio)["test"].save_to_disk(tmp_path / "plain")
-    rows = read_rows(source(tmp_path / "plain", splits={"train": "train"}))
+    rows = read_rows(source(tmp_path / "plain", split_names={"train": "train"}))
     assert [(u.path, u.text) for u in rows["train"]] == [("train-00000000.flac", "tot ziens"),
                                                           ("train-00000001.wav", "dank je wel")]
 
@@ -174,24 +174,6 @@ def test_nothing_is_copied_into_the_cache_or_the_dataset_folder(stored, tmp_path
     assert all(p.suffix == ".lock" and p.stat().st_size == 0 for p in cached), cached
 
 
-def test_dataset_files_are_the_datasets_files(stored):
-    root = stored["save_to_disk"]
-    (root / "train" / "cache-0123456789abcdef.arrow").write_bytes(b"left by a map() call")
-    try:
-        files = [p.relative_to(root).as_posix() for p in dataset_files(root)]
-    finally:
-        (root / "train" / "cache-0123456789abcdef.arrow").unlink()
-    splits = ("extra", "test", "train", "validation")
-    assert files == sorted(["dataset_dict.json", "train/data-00000-of-00002.arrow", "train/data-00001-of-00002.arrow",
-                            *(f"{s}/{f}" for s in splits for f in ("state.json", "dataset_info.json")),
-                            *(f"{s}/data-00000-of-00001.arrow" for s in splits if s != "train")])
-    root = stored["parquet_split_dirs"]
-    assert [p.relative_to(root).as_posix() for p in dataset_files(root)] == [
-        "extra/0000.parquet", "test/0000.parquet", "train/0000.parquet", "train/0001.parquet", "validation/0000.parquet"]
-    root = stored["parquet_data"]
-    assert dataset_files(root) == sorted((root / "data").glob("*.parquet")) and len(dataset_files(root)) == 5
-
-
 def test_rows_with_only_a_path_read_the_file_inside_the_dataset_folder_only(audio, tmp_path):
     """A parquet row may hold a path and no bytes. Inside the dataset folder it is read; outside it is refused, and
     the clips written before the refused row are removed with the unfinished folder."""
@@ -203,7 +185,7 @@ def test_rows_with_only_a_path_read_the_file_inside_the_dataset_folder_only(audi
     Dataset.from_dict({"audio": [{"bytes": None, "path": path} for path in paths],
                        "transcription": ["Tot ziens.", "Dank je wel!"], "speaker_id": ["a", "b"]}).cast_column(
         "audio", Audio()).to_parquet(root / "train.parquet", batch_size=2)
-    src = source(root, splits={"train": "train"})
+    src = source(root, split_names={"train": "train"})
     rows = read_rows(src)["train"]
     assert [u.path for u in rows] == ["train-00000000.flac", "train-00000001.wav"]
 
@@ -243,7 +225,7 @@ def test_errors_name_the_folder_split_and_column(stored, layout, tmp_path):
     root = stored[layout]
     has = r"\['extra', 'test', 'train', 'validation'\]"
     with pytest.raises(DatasetSourceError, match=rf"{root}: no split\(s\) \['dev', 'valid'\] .* the dataset has splits {has}"):
-        read_rows(source(root, splits={"train": "train", "dev": "dev", "test": "valid"}))
+        read_rows(source(root, split_names={"train": "train", "dev": "dev", "test": "valid"}))
     with pytest.raises(DatasetSourceError, match=rf"{root} split 'train': no sentence column 'text', no client_id column "
                                                  r"'speaker'; its columns are \['audio', 'transcription', 'speaker_id'\]"):
         read_rows(source(root, sentence="text", client_id="speaker"))
@@ -264,15 +246,15 @@ def test_unreadable_bytes_without_a_suffix_and_missing_speakers_are_refused_by_r
     root = save("garbage", [(audio["test"][0], "a.flac", "a"), (b"not audio at all" * 8, "blob", "b")])
     with pytest.raises(DatasetSourceError, match=rf"{root} split 'train' row 1 column 'audio': no audio file suffix in its "
                                                  "path and libsndfile cannot read its bytes"):
-        read_rows(source(root, splits={"train": "train"}))
+        read_rows(source(root, split_names={"train": "train"}))
     aiff = io.BytesIO()
     sf.write(aiff, np.zeros(800, np.float32), 16_000, format="AIFF")
     root = save("aiff", [(aiff.getvalue(), None, "a")])
     with pytest.raises(DatasetSourceError, match=r"row 0 column 'audio': audio format AIFF .*, expected one of .wav, .flac"):
-        read_rows(source(root, splits={"train": "train"}))
+        read_rows(source(root, split_names={"train": "train"}))
     root = save("no_speaker", [(audio["test"][0], "a.flac", "a"), (audio["test"][1], "b.wav", None)])
     with pytest.raises(DatasetSourceError, match=rf"{root} split 'train' row 1 column 'speaker_id': no speaker"):
-        read_rows(source(root, splits={"train": "train"}))
+        read_rows(source(root, split_names={"train": "train"}))
 
 
 # Run in a fresh interpreter: in a long test session a resize of one of Python's global tables (e.g. of the interned
@@ -284,7 +266,7 @@ from forgetting.hf_dataset import DatasetSource, read_rows, write_clips
 peaks = {}
 for root in sys.argv[1:]:
     src = DatasetSource(path=Path(root), clips=Path(root + "_clips"), audio="audio", sentence="transcription",
-                        client_id="speaker_id", splits={"train": "train"})
+                        client_id="speaker_id", split_names={"train": "train"})
     read_rows(src)  # the modules and caches `datasets` sets up on first use are not the dataset
     tracemalloc.start()
     rows = read_rows(src)["train"]

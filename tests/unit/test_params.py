@@ -68,7 +68,7 @@ def test_float_written_by_dvc_exp_run_is_accepted():
     ("data.common_voice.nl", ..., "data.common_voice: language 'nl' must be in exactly one of"),
     ("data.common_voice.fr", {"path": "cv/fr"}, "data.common_voice.fr: not a language of the pipeline"),
     ("data.datasets", {"nl": {"path": "x", "clips": "c", "audio": "audio", "sentence": "text", "client_id": None,
-                              "splits": {"train": "train", "dev": "validation", "test": "test"}}},
+                              "split_names": {"train": "train", "dev": "validation", "test": "test"}}},
      "data.common_voice: language 'nl' must be in exactly one of data.common_voice and data.datasets, is in"),
     ("sample.nl.splits", "release", "sample.nl.splits: must be one of ['grouped', 'official']"),
     ("sample.max_speaker_share", 0.0, "sample.max_speaker_share: must be in (0, 1]"),
@@ -91,12 +91,12 @@ def test_error_names_the_file(tmp_path):
 
 def test_a_dataset_source_is_typed_and_checked():
     source = {"path": "/data/fleurs_nl", "clips": "data/clips/nl", "audio": "audio", "sentence": "transcription",
-              "client_id": None, "splits": {"train": "train", "dev": "validation", "test": "test"}}
+              "client_id": None, "split_names": {"train": "train", "dev": "validation", "test": "test"}}
     raw = with_change("data.common_voice.nl", ...)
     params = parse_params(with_change("data.datasets", {"nl": source}, raw))
     assert params.data.source("nl").clips == "data/clips/nl" and params.data.source("de").path == "data/demo/de"
-    with pytest.raises(ParamsError, match=r"data\.datasets\.nl\.splits: must map each of \['train', 'dev', 'test'\]"):
-        parse_params(with_change("data.datasets", {"nl": {**source, "splits": {"train": "train"}}}, raw))
+    with pytest.raises(ParamsError, match=r"data\.datasets\.nl\.split_names: must map each of \['train', 'dev', 'test'\]"):
+        parse_params(with_change("data.datasets", {"nl": {**source, "split_names": {"train": "train"}}}, raw))
 
 
 def test_grad_accum_steps_accounts_for_processes():

@@ -52,6 +52,16 @@ def test_last_checkpoint_is_the_newest_complete_one(tmp_path):
     assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-12"
 
 
+def test_a_checkpoint_of_several_processes_holds_one_rng_state_each(tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "checkpoint-3", 3)
+    for rank in (0, 1):  # what the Trainer saves under torchrun
+        shutil.copy(checkpoint / "rng_state.pth", checkpoint / f"rng_state_{rank}.pth")
+    (checkpoint / "rng_state.pth").unlink()
+    assert checkpoint_problem(checkpoint) is None
+    cut(checkpoint / "rng_state_1.pth", 100)
+    assert checkpoint_problem(checkpoint) == "rng_state_1.pth is missing or cut"
+
+
 def test_a_lora_checkpoint_holds_adapters_and_resumes(tmp_path):
     checkpoint = write_checkpoint(tmp_path / "checkpoint-3", 3)
     (checkpoint / "model.safetensors").rename(checkpoint / "adapter_model.safetensors")  # what peft saves
