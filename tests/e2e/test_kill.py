@@ -20,7 +20,8 @@ pytestmark = pytest.mark.e2e
 # longer training than the pipeline test's, so that a kill can land between checkpoints
 LONGER = {"pretrain.max_steps": 12, "pretrain.eval_steps": 4, "adapt.max_steps": 9, "adapt.eval_steps": 3}
 RESULTS = ("models/pretrained/model.safetensors", "models/importance/importance.safetensors", "models/adapted/model.safetensors",
-           "reports/metrics.json", "reports/eval/adapted_nl.tsv", "reports/figures/error_rates.png")
+           "reports/average/metrics.json", "reports/metrics.json", "reports/eval/adapted_nl.tsv",
+           "reports/figures/error_rates.png")
 CURVES = ("reports/pretrain/plots/metrics", "reports/adapt/plots/metrics")
 
 
