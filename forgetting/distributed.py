@@ -1,12 +1,14 @@
 """The processes of a stage started by `torchrun` (one per GPU): who this process is, and the few collectives the
 stages need. Started as one plain process, every function here is a no-op and the world has size 1.
 
-pretrain and adapt run through transformers' Trainer, which sets up DistributedDataParallel itself; the importance
-and eval stages call `init()` and shard their utterances. In every stage, process 0 alone writes the outputs.
+Every stage calls `init()` first: it joins the process group and leaves it when the process exits. pretrain and adapt
+then run through transformers' Trainer, which sets up DistributedDataParallel on that group; the importance and eval
+stages shard their utterances. In every stage, process 0 alone writes the outputs.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Sequence
 
@@ -37,11 +39,20 @@ def device() -> torch.device:
 
 
 def init() -> None:
-    """Join the process group (NCCL on GPUs, gloo on CPUs) when started by torchrun with more than one process."""
+    """Join the process group (NCCL on GPUs, gloo on CPUs) when started by torchrun with more than one process, and
+    leave it at exit: a gloo group left to the interpreter's teardown can abort a process whose work is done
+    ("terminate called without an active exception"), and torchrun then reports the stage as failed."""
     if world_size() > 1 and not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(device())
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(leave)
+
+
+def leave() -> None:
+    """Leave the process group, if this process is in one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard(count: int) -> list[int]:

@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--replay-list", type=Path, required=True, help="TSV of the source utterances replay draws from")
     cli.add_checkpoints(parser)
     args, params = cli.start(parser)
+    distributed.init()  # before the Trainer, which then uses this process group
     ap = params.adapt
 
     model, processor = load_trained(args.model)

@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--reports", type=Path, required=True, help="dvclive folder for curves and metrics.json")
     cli.add_checkpoints(parser)
     args, params = cli.start(parser)
+    distributed.init()  # before the Trainer, which then uses this process group
 
     clips = clips_dir(params.data.source(args.lang))
     train, dev = Split(read_split_tsv(args.train), clips), Split(read_split_tsv(args.dev), clips)
