@@ -18,7 +18,6 @@ audio path sub-field of parquet files is read with pyarrow, which can read one f
 from __future__ import annotations
 
 import io
-import json
 import posixpath
 import re
 import shutil
@@ -50,11 +49,6 @@ Rows = Dataset | list[Path]
 
 class DatasetSourceError(InputError):
     """A dataset that cannot be read as a corpus; the message names the dataset folder, split, row and column."""
-
-
-def _arrow_files(folder: Path) -> list[Path]:
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    return [folder / "state.json", folder / "dataset_info.json", *(folder / f["filename"] for f in state["_data_files"])]
 
 
 def _parquet_layout(path: Path) -> dict[str, list[Path]]:

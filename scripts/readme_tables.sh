@@ -14,6 +14,7 @@
 # reports/thesis/readme/tuning_dev.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-all}" in all|tune|reports) ;; *) echo "usage: $0 [all|tune|reports]" >&2; exit 2;; esac
 
 # Settings chosen on dev (README, "How the settings were chosen").
 EWC_LAMBDA=0.25      # = params.yaml's default adapt.ewc_lambda
@@ -32,7 +33,9 @@ queue() {  # queue one named experiment (replacing an older one of that name)
 
 run_queue() {  # run everything queued, two at a time (one thread each: 2 cores), and wait
   local status  # (read whole: `grep -q` closing the pipe early would fail the pipeline under pipefail)
-  while status=$(dvc queue status) && grep -Eq '\b(Queued|Running)\b' <<<"$status"; do
+  while :; do
+    status=$(dvc queue status)  # (not in the loop's condition, where `set -e` would not stop on a failure)
+    grep -Eq '\b(Queued|Running)\b' <<<"$status" || break
     # (re)start the workers: a worker that has stopped while experiments wait is started again, a running one is kept
     if grep -q '\bQueued\b' <<<"$status"; then OMP_NUM_THREADS=1 dvc queue start --jobs "${JOBS:-2}" >/dev/null; fi
     sleep 20

@@ -30,11 +30,8 @@ def main() -> None:
     devs = {lang: read_split_tsv(path) for lang, path in cli.named_paths(args.dev, "--dev").items()}
 
     model, processor = load_trained(args.adapted)  # a cut or foreign weights file is refused here, naming it
-    anchor, adapted = load_trained(args.pretrained)[0].state_dict(), model.state_dict()
-    # a parameter only adapt has (the mask embedding, when only adapt masks time) has no θ*: it is taken as adapted
-    shared = [name for name in adapted if name in anchor]
-    averaged = average_weights({n: anchor[n] for n in shared}, {n: adapted[n] for n in shared}, alpha)
-    model.load_state_dict({**adapted, **averaged}, strict=True)
+    averaged = average_weights(load_trained(args.pretrained)[0].state_dict(), model.state_dict(), alpha)
+    model.load_state_dict(averaged, strict=True)
     save_model(model, processor, args.out)
 
     model.to(distributed.device())

@@ -51,8 +51,10 @@ def test_between_the_ends_is_the_weighted_mean_and_integers_come_from_the_adapte
 
 def test_mismatches_are_named(pair):
     anchor, adapted = pair
-    with pytest.raises(KeyError, match=r"only in the adapted model \['extra'\]"):
-        average_weights(anchor, {**adapted, "extra": torch.zeros(1)}, 0.5)
+    with pytest.raises(KeyError, match=r"only in the pretrained model \['extra'\]"):
+        average_weights({**anchor, "extra": torch.zeros(1)}, adapted, 0.5)
+    extra = torch.randn(3)  # a tensor only the adapted model has (no θ*) is copied from it
+    assert torch.equal(average_weights(anchor, {**adapted, "extra": extra}, 0.5)["extra"], extra)
     with pytest.raises(ValueError, match=r"lm_head.weight: pretrained \(45, 128\) torch.float32, adapted \(45, 127\)"):
         average_weights(anchor, {**adapted, "lm_head.weight": adapted["lm_head.weight"][:, :127]}, 0.5)
     with pytest.raises(ValueError, match=r"lm_head.bias: .* torch.float32, .* torch.float64"):
