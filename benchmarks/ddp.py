@@ -3,7 +3,7 @@ at the same effective batch, in one run.
 
     python -m benchmarks.ddp [--steps 30] [--warmup 10] [--rounds 2] [--effective-batch 8]   -> reports/bench/ddp.json
 
-Every configuration is started by `torchrun --standalone` and trains with `forgetting.trainer.train_ctc` (the pretrain
+Every configuration is started by `torchrun --standalone` and trains with `forgetting.training.trainer.train_ctc` (the pretrain
 params of params.yaml, no regulariser): 1 process with as many torch threads as the machine has cores, 1 process
 with 1 thread, and 2 processes with 1 thread each (torchrun's default), each process taking effective batch /
 processes utterances per step. A callback times every optimiser step from the end of the previous one (loading and
@@ -32,16 +32,16 @@ import transformers
 from accelerate import PartialState
 from transformers import TrainerCallback
 
-from forgetting import distributed
-from forgetting.audio import TARGET_SR, load_clip_16k
-from forgetting.batching import Split
-from forgetting.corpus import Utterance, build_vocab, read_corpus_tsv, read_split_tsv, write_split_tsv
+from forgetting.data.audio import TARGET_SR, load_clip_16k
+from forgetting.data.corpus import Utterance, build_vocab, read_corpus_tsv, read_split_tsv, write_split_tsv
+from forgetting.demo.synth import write_demo_corpus
 from forgetting.io import write_json
 from forgetting.layout import clips_dir
-from forgetting.model import build_model, build_processor
 from forgetting.params import load_params
-from forgetting.synth import write_demo_corpus
-from forgetting.trainer import train_ctc
+from forgetting.training import distributed
+from forgetting.training.batching import Split
+from forgetting.training.model import build_model, build_processor
+from forgetting.training.trainer import train_ctc
 
 VALIDATED = Path("data/validated/nl/train.tsv")
 DEV_CLIPS = 8

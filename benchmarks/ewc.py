@@ -43,9 +43,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-from forgetting.fisher import estimate_fisher
-from forgetting.penalty import EWCPenalty
-from forgetting.trainer import LOGGING_STEPS
+from forgetting.methods.fisher import estimate_fisher
+from forgetting.methods.penalty import EWCPenalty
+from forgetting.training.trainer import LOGGING_STEPS
 
 COMMON = dict(pad_token_id=0, ctc_loss_reduction="mean", ctc_zero_infinity=True, feat_extract_norm="layer",
               do_stable_layer_norm=True, mask_time_prob=0.0, layerdrop=0.0)

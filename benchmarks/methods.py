@@ -1,7 +1,7 @@
 """The continual-learning methods' cost on the tiny demo model and on a wav2vec2-base-sized random model: each
 method's training step time over plain fine-tuning's, LwF's memory, and the averaging stage's run time.
 
-A step is what the training core does per optimiser step (`forgetting.trainer`): forward, CTC loss plus the
+A step is what the training core does per optimiser step (`forgetting.training.trainer`): forward, CTC loss plus the
 regularisers' loss terms, backward, the regularisers' once-per-step gradients, AdamW. The variants take turns on the
 same batch in one run (their order rotated every round), and the medians count:
 - `plain`: no regulariser (λ = 0 EWC runs this too: its gradient adds 0, but it still costs `ewc`);
@@ -36,12 +36,12 @@ from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
 from benchmarks.ewc import COMMON, CONFIGS, collate, make_batch, peak_extra_bytes, timed
-from forgetting.averaging import average_weights
-from forgetting.distillation import Distillation
-from forgetting.lora import add_lora
+from forgetting.methods.averaging import average_weights
+from forgetting.methods.distillation import Distillation
+from forgetting.methods.lora import add_lora
+from forgetting.methods.penalty import EWCPenalty
 from forgetting.params import load_params
-from forgetting.penalty import EWCPenalty
-from forgetting.regulariser import Regulariser
+from forgetting.training.regulariser import Regulariser
 
 VARIANTS = ("plain", "ewc", "l2", "lwf", "lora")
 

@@ -4,7 +4,7 @@
     python -m benchmarks.sample [--rows 1000000] [--speakers 20000] [--baseline-rev REV] [--steps]
                                 [--out reports/bench/sample.json]
 
-The corpus, `<tmp>/corpus/de/validated.tsv`, has Common Voice's 13 columns (`forgetting/synth.py` HEADER): speakers
+The corpus, `<tmp>/corpus/de/validated.tsv`, has Common Voice's 13 columns (`forgetting/demo/synth.py` HEADER): speakers
 of Pareto-distributed sizes (a heavy tail, as in real releases), sentences read by 1 to 5 speakers each, dealt at
 random (so one group links almost every speaker and sentence), `SEGMENT_SHARE` single-word `Benchmark` segment rows
 and `LOW_VOTE_SHARE` rows that fail the vote filters. The stage then runs as DVC runs it: `python -m stages.sample
@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from forgetting.corpus import filter_and_sample, read_corpus_tsv, write_split_tsv
+from forgetting.data.corpus import filter_and_sample, read_corpus_tsv, write_split_tsv
+from forgetting.data.splits import overlap, split_grouped, split_statistics
+from forgetting.demo.synth import HEADER
+from forgetting.demo.wordlists import LEXICONS
 from forgetting.io import write_json
 from forgetting.params import load_params
-from forgetting.splits import overlap, split_grouped, split_statistics
-from forgetting.synth import HEADER
-from forgetting.wordlists import LEXICONS
 
 REPO = Path(__file__).resolve().parent.parent
 LANG = "de"

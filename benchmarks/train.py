@@ -20,16 +20,16 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from forgetting.audio import TARGET_SR, load_clip_16k
-from forgetting.batching import CTCCollator, Split, UtteranceDataset
-from forgetting.corpus import Utterance, build_vocab, read_corpus_tsv, read_split_tsv
+from forgetting.data.audio import TARGET_SR, load_clip_16k
+from forgetting.data.corpus import Utterance, build_vocab, read_corpus_tsv, read_split_tsv
+from forgetting.data.validation import resolve_workers
+from forgetting.demo.synth import write_demo_corpus
 from forgetting.io import write_json
 from forgetting.layout import SOURCE, clips_dir, corpus_clips, corpus_metadata
-from forgetting.model import build_model, build_processor
 from forgetting.params import load_params
-from forgetting.synth import write_demo_corpus
-from forgetting.trainer import train_ctc
-from forgetting.validation import resolve_workers
+from forgetting.training.batching import CTCCollator, Split, UtteranceDataset
+from forgetting.training.model import build_model, build_processor
+from forgetting.training.trainer import train_ctc
 
 DEV_CLIPS = 16
 SYNTH_CLIPS = 160

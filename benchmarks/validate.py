@@ -16,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from forgetting.corpus import Utterance, read_corpus_tsv
+from forgetting.data.corpus import Utterance, read_corpus_tsv
+from forgetting.data.validation import Validation, resolve_workers, validate_splits
+from forgetting.demo.synth import write_demo_corpus
 from forgetting.io import write_json
 from forgetting.params import load_params
-from forgetting.synth import write_demo_corpus
-from forgetting.validation import Validation, resolve_workers, validate_splits
 
 
 def time_validation(

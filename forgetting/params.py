@@ -1,8 +1,9 @@
-"""The typed schema of `params.yaml`, and the one loader every stage calls before it does any work.
+"""The one loader every stage calls before it does any work: `params.yaml` into the typed schema of
+`forgetting.schema`.
 
-Each section is a frozen dataclass. The loader refuses unknown and missing keys, wrong types and
-out-of-range values with a `ParamsError` that names the dotted key (`adapt.ewc_lambda`). Floats may
-arrive as strings: `dvc exp run -S adapt.lr=1e-5` writes `1e-05`, which PyYAML reads as a string.
+It refuses unknown and missing keys, wrong types and out-of-range values with a `ParamsError` that names the
+dotted key (`adapt.ewc_lambda`). Floats may arrive as strings: `dvc exp run -S adapt.lr=1e-5` writes `1e-05`,
+which PyYAML reads as a string.
 """
 
 from __future__ import annotations
@@ -11,325 +12,12 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from forgetting.errors import InputError
-from forgetting.layout import LANGUAGES, SPLITS
-
-
-class ParamsError(InputError):
-    """A params value that no stage may run with; the message starts with the dotted key."""
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ParamsError(f"{key}: {message}")
-
-
-@dataclass(frozen=True)
-class ResourcesParams:
-    nproc_per_node: int  # processes per machine for pretrain, importance, adapt and eval (torchrun); 1 = one process
-
-    def check(self, key: str) -> None:
-        _require(self.nproc_per_node >= 1, f"{key}.nproc_per_node", f"must be >= 1, got {self.nproc_per_node}")
-
-
-@dataclass(frozen=True)
-class CommonVoiceSource:
-    """A language read from a Common Voice-layout folder: `<path>/{validated,train,dev,test}.tsv` and `<path>/clips/`."""
-
-    path: str
-
-    def check(self, key: str) -> None:
-        _require(bool(self.path.strip()), f"{key}.path", "must name a folder")
-
-
-@dataclass(frozen=True)
-class DatasetSource:
-    """A language read from a Hugging Face audio dataset on disk (`save_to_disk` folder or parquet files); the sample
-    stage writes the clips it draws to `clips`, from where the rest of the pipeline reads them."""
-
-    path: str
-    clips: str
-    audio: str  # the Audio column
-    sentence: str  # the text column
-    client_id: str | None  # the speaker column; None when the dataset has none (each row is then its own speaker)
-    split_names: dict[str, str]  # our split name -> the dataset's split name
-
-    def check(self, key: str) -> None:
-        for name in ("path", "clips", "audio", "sentence"):
-            _require(bool(getattr(self, name).strip()), f"{key}.{name}", "must not be empty")
-        _require(sorted(self.split_names) == sorted(SPLITS), f"{key}.split_names",
-                 f"must map each of {list(SPLITS)} to a split of the dataset, got {self.split_names}")
-
-
-@dataclass(frozen=True)
-class DataParams:
-    """Where each language comes from: every language of the pipeline in exactly one of the two groups (dvc.yaml runs
-    stage `sample` for each Common Voice language and `sample_hf` for each dataset language)."""
-
-    common_voice: dict[str, CommonVoiceSource]
-    datasets: dict[str, DatasetSource]
-
-    def check(self, key: str) -> None:
-        for lang in LANGUAGES:
-            groups = [group for group in ("common_voice", "datasets") if lang in getattr(self, group)]
-            _require(len(groups) == 1, f"{key}.common_voice", f"language {lang!r} must be in exactly one of "
-                     f"data.common_voice and data.datasets, is in {groups or 'neither'}")
-        for group in ("common_voice", "datasets"):
-            unknown = sorted(set(getattr(self, group)) - set(LANGUAGES))
-            _require(not unknown, f"{key}.{group}.{unknown[0] if unknown else ''}",
-                     f"not a language of the pipeline ({', '.join(LANGUAGES)})")
-
-    def source(self, lang: str) -> CommonVoiceSource | DatasetSource:
-        """The source of `lang`."""
-        return self.common_voice[lang] if lang in self.common_voice else self.datasets[lang]
-
-
-@dataclass(frozen=True)
-class DemoParams:
-    clips_per_lang: int
-    speakers: int
-    readers_per_sentence: float  # mean readers of a sentence, as in Common Voice (each sentence is read 1 to 3 times)
-
-    def check(self, key: str) -> None:
-        _require(self.clips_per_lang >= 10, f"{key}.clips_per_lang", f"must be >= 10, got {self.clips_per_lang}")
-        _require(self.speakers >= 3, f"{key}.speakers", f"must be >= 3 for three speaker-disjoint splits, got {self.speakers}")
-        _require(self.clips_per_lang >= self.speakers, f"{key}.clips_per_lang",
-                 f"must be >= demo.speakers ({self.speakers}) so every speaker has a clip, got {self.clips_per_lang}")
-        _require(1 <= self.readers_per_sentence <= 3, f"{key}.readers_per_sentence",
-                 f"must be in [1, 3], got {self.readers_per_sentence}")
-
-
-@dataclass(frozen=True)
-class LanguageSample:
-    n: int
-    alphabet: str
-    splits: Literal["grouped", "official"]  # ours (speaker- and sentence-disjoint) | the release's train/dev/test
-
-    def check(self, key: str) -> None:
-        _require(self.n >= 1, f"{key}.n", f"must be >= 1, got {self.n}")
-        _require(bool(self.alphabet) and " " not in self.alphabet, f"{key}.alphabet", "must be letters, without spaces")
-
-
-@dataclass(frozen=True)
-class SplitFractions:
-    train: float
-    dev: float
-    test: float
-
-    def check(self, key: str) -> None:
-        for name in ("train", "dev", "test"):
-            value = getattr(self, name)
-            _require(0 < value < 1, f"{key}.{name}", f"must be in (0, 1), got {value}")
-        total = self.train + self.dev + self.test
-        _require(math.isclose(total, 1.0, abs_tol=1e-6), key, f"train + dev + test must be 1, got {total:g}")
-
-
-@dataclass(frozen=True)
-class SampleParams:
-    min_up_votes: int
-    include_segments: bool  # Common Voice's single-word Benchmark rows (non-empty `segment`)
-    split: SplitFractions
-    split_tolerance: float  # grouped splits: each within this fraction of its target
-    max_speaker_share: float  # grouped splits: the largest speaker's share of dev and of test
-    nl: LanguageSample
-    de: LanguageSample
-
-    def check(self, key: str) -> None:
-        _require(self.min_up_votes >= 0, f"{key}.min_up_votes", f"must be >= 0, got {self.min_up_votes}")
-        _require(0 < self.split_tolerance < 1, f"{key}.split_tolerance", f"must be in (0, 1), got {self.split_tolerance}")
-        _require(0 < self.max_speaker_share <= 1, f"{key}.max_speaker_share",
-                 f"must be in (0, 1], got {self.max_speaker_share}")
-
-    def language(self, lang: str) -> LanguageSample:
-        if lang not in LANGUAGES:
-            raise ParamsError(f"sample.{lang}: no such language section (have {', '.join(LANGUAGES)})")
-        return getattr(self, lang)
-
-
-@dataclass(frozen=True)
-class ValidateParams:
-    min_seconds: float
-    max_seconds: float
-    min_rms: float
-    max_reject_fraction: float
-    workers: int
-
-    def check(self, key: str) -> None:
-        _require(self.min_seconds >= 0, f"{key}.min_seconds", f"must be >= 0, got {self.min_seconds}")
-        _require(self.max_seconds > self.min_seconds, f"{key}.max_seconds",
-                 f"must exceed min_seconds ({self.min_seconds}), got {self.max_seconds}")
-        _require(self.min_rms >= 0, f"{key}.min_rms", f"must be >= 0, got {self.min_rms}")
-        _require(0 <= self.max_reject_fraction <= 1, f"{key}.max_reject_fraction",
-                 f"must be in [0, 1], got {self.max_reject_fraction}")
-        _require(self.workers >= 0, f"{key}.workers", f"must be >= 0 (0 = all cores), got {self.workers}")
-
-
-@dataclass(frozen=True)
-class ModelParams:
-    name: str
-    config: dict[str, Any]
-
-    def check(self, key: str) -> None:
-        _require(bool(self.name.strip()), f"{key}.name", "must be 'tiny', a checkpoint folder or a hub id")
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    """One training run of the shared core (pretrain, adapt)."""
-
-    seed: int  # the training seed: initialisation, batch order, dropout; the data seed is the top-level `seed`
-    lr: float
-    warmup_ratio: float
-    epochs: float | None
-    max_steps: int | None
-    batch_size: int
-    effective_batch_size: int
-    weight_decay: float
-    max_grad_norm: float
-    freeze_feature_encoder: bool
-    dropout: float
-    layerdrop: float
-    mask_time_prob: float
-    fp16: bool
-    bf16: bool
-    eval_steps: int
-    early_stopping_patience: int
-    dataloader_workers: int
-    save_total_limit: int
-    max_skipped_fraction: float  # steps with a non-finite loss or gradient, skipped; more than this fraction stop the run
-
-    def check(self, key: str) -> None:
-        _require(self.seed >= 0, f"{key}.seed", f"must be >= 0, got {self.seed}")
-        _require(self.lr > 0, f"{key}.lr", f"must be > 0, got {self.lr}")
-        _require((self.epochs is None) != (self.max_steps is None), f"{key}.epochs",
-                 f"set exactly one of epochs and max_steps, got epochs={self.epochs}, max_steps={self.max_steps}")
-        _require(self.epochs is None or self.epochs > 0, f"{key}.epochs", f"must be > 0, got {self.epochs}")
-        _require(self.max_steps is None or self.max_steps > 0, f"{key}.max_steps", f"must be > 0, got {self.max_steps}")
-        for name in ("warmup_ratio", "dropout", "layerdrop", "mask_time_prob", "max_skipped_fraction"):
-            value = getattr(self, name)
-            _require(0 <= value < 1, f"{key}.{name}", f"must be in [0, 1), got {value}")
-        for name in ("batch_size", "effective_batch_size", "eval_steps", "save_total_limit"):
-            value = getattr(self, name)
-            _require(value >= 1, f"{key}.{name}", f"must be >= 1, got {value}")
-        for name in ("weight_decay", "max_grad_norm", "early_stopping_patience", "dataloader_workers"):
-            value = getattr(self, name)
-            _require(value >= 0, f"{key}.{name}", f"must be >= 0, got {value}")
-        _require(not (self.fp16 and self.bf16), f"{key}.fp16", "fp16 and bf16 exclude each other")
-        self.grad_accum_steps(1, key)
-
-    def grad_accum_steps(self, processes: int, key: str) -> int:
-        """Micro-batches per optimiser step so that batch x accumulation x processes = effective batch."""
-        per_step = self.batch_size * processes
-        _require(self.effective_batch_size % per_step == 0, f"{key}.effective_batch_size",
-                 f"{self.effective_batch_size} is not a multiple of batch_size {self.batch_size} x {processes} process(es)")
-        return self.effective_batch_size // per_step
-
-
-@dataclass(frozen=True)
-class ImportanceParams:
-    """The importance of each weight for the source task: the diagonal Fisher (EWC), or MAS's (adapt.method: mas)."""
-
-    samples: int
-    fisher: Literal["empirical", "sampled"]  # reference labels | labels drawn from the model
-    loss: Literal["log_likelihood", "training_loss"]  # the model's log-likelihood | the CTC loss as training divides it
-    draws: int
-    normalize: Literal["none", "max", "mean"]
-    batch_size: int
-
-    def check(self, key: str) -> None:
-        _require(self.samples >= 1, f"{key}.samples", f"must be >= 1, got {self.samples}")
-        _require(self.draws >= 1, f"{key}.draws", f"must be >= 1, got {self.draws}")
-        _require(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
-
-
-@dataclass(frozen=True)
-class LoraParams:
-    rank: int
-    alpha: float
-    dropout: float
-    target_modules: list[str]
-
-    def check(self, key: str) -> None:
-        _require(self.rank >= 1, f"{key}.rank", f"must be >= 1, got {self.rank}")
-        _require(self.alpha > 0, f"{key}.alpha", f"must be > 0, got {self.alpha}")
-        _require(0 <= self.dropout < 1, f"{key}.dropout", f"must be in [0, 1), got {self.dropout}")
-        _require(bool(self.target_modules), f"{key}.target_modules", "must name at least one module")
-
-
-@dataclass(frozen=True, kw_only=True)
-class AdaptParams(TrainParams):
-    method: Literal["ewc", "mas", "l2", "lwf", "lora"]
-    ewc_lambda: float  # the penalty weight of ewc, mas and l2
-    ewc_dtype: Literal["float32", "bfloat16"]
-    kd_weight: float  # lwf
-    kd_temperature: float  # lwf
-    lora: LoraParams
-    replay_fraction: float  # any method: the share of every batch drawn from source-language training utterances
-    replay_samples: int  # the source utterances replay draws from
-    keep: Literal["last", "best_target_dev", "best_average_dev"]  # which checkpoint becomes the adapted model
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        _require(self.ewc_lambda >= 0, f"{key}.ewc_lambda", f"must be >= 0, got {self.ewc_lambda}")
-        _require(self.kd_weight >= 0, f"{key}.kd_weight", f"must be >= 0, got {self.kd_weight}")
-        _require(self.kd_temperature > 0, f"{key}.kd_temperature", f"must be > 0, got {self.kd_temperature}")
-        _require(0 <= self.replay_fraction < 1, f"{key}.replay_fraction", f"must be in [0, 1), got {self.replay_fraction}")
-        _require(self.replay_samples >= 1, f"{key}.replay_samples", f"must be >= 1, got {self.replay_samples}")
-        count = self.replay_fraction * self.batch_size  # source utterances in every batch
-        _require(count == 0 or (math.isclose(count, round(count), abs_tol=1e-9) and 1 <= round(count) < self.batch_size),
-                 f"{key}.replay_fraction", f"{self.replay_fraction} x batch_size {self.batch_size} = {count:g}: must be "
-                 f"a whole number of utterances from 1 to {self.batch_size - 1}")
-
-
-@dataclass(frozen=True)
-class AverageParams:
-    alpha: float  # θ = (1 − α)·θ* + α·θ_adapted; 1 = no averaging
-
-    def check(self, key: str) -> None:
-        _require(0 <= self.alpha <= 1, f"{key}.alpha", f"must be in [0, 1], got {self.alpha}")
-
-
-@dataclass(frozen=True)
-class EvalParams:
-    batch_size: int
-    bootstrap_samples: int
-    bootstrap: Literal["speaker", "utterance"]  # what the bootstrap resamples
-    min_speakers: int  # a test set with fewer speakers gets no interval
-
-    def check(self, key: str) -> None:
-        _require(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
-        _require(self.bootstrap_samples >= 0, f"{key}.bootstrap_samples", f"must be >= 0, got {self.bootstrap_samples}")
-        _require(self.min_speakers >= 2, f"{key}.min_speakers", f"must be >= 2, got {self.min_speakers}")
-
-
-@dataclass(frozen=True)
-class Params:
-    seed: int  # the data seed: the demo corpus, samples and splits, the importance's utterances, replay, bootstrap
-    resources: ResourcesParams
-    data: DataParams
-    demo: DemoParams
-    sample: SampleParams
-    validate: ValidateParams
-    model: ModelParams
-    pretrain: TrainParams
-    importance: ImportanceParams
-    adapt: AdaptParams
-    average: AverageParams
-    eval: EvalParams
-
-    def check(self, key: str) -> None:
-        _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
-        for stage in ("pretrain", "adapt"):  # the effective batch must divide over the processes before any work
-            getattr(self, stage).grad_accum_steps(self.resources.nproc_per_node, stage)
-        _require(self.importance.samples >= self.resources.nproc_per_node, "importance.samples",
-                 f"{self.importance.samples} utterances cannot be shared by resources.nproc_per_node = "
-                 f"{self.resources.nproc_per_node} processes")
+from forgetting.schema import Params, ParamsError, require
 
 
 def _convert(value: Any, hint: Any, key: str) -> Any:
@@ -342,27 +30,27 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         (inner,) = [o for o in options if o is not type(None)]
         return _convert(value, inner, key)
     if origin is Literal:
-        _require(value in typing.get_args(hint), key, f"must be one of {list(typing.get_args(hint))}, got {value!r}")
+        require(value in typing.get_args(hint), key, f"must be one of {list(typing.get_args(hint))}, got {value!r}")
         return value
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     if origin is dict or hint is dict:
-        _require(isinstance(value, dict), key, f"must be a mapping, got {value!r}")
+        require(isinstance(value, dict), key, f"must be a mapping, got {value!r}")
         key_type, value_type = typing.get_args(hint) or (str, Any)
         if value_type is Any:  # free-form (model.config: Wav2Vec2Config checks it)
             return dict(value)
         for name in value:
-            _require(isinstance(name, key_type), f"{key}.{name}", f"must be a {key_type.__name__} key")
+            require(isinstance(name, key_type), f"{key}.{name}", f"must be a {key_type.__name__} key")
         return {name: _convert(item, value_type, f"{key}.{name}") for name, item in value.items()}
     if origin is list:
-        _require(isinstance(value, list), key, f"must be a list, got {value!r}")
+        require(isinstance(value, list), key, f"must be a list, got {value!r}")
         (item_type,) = typing.get_args(hint)
         return [_convert(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
     if hint is bool:
-        _require(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        require(isinstance(value, bool), key, f"must be true or false, got {value!r}")
         return value
     if hint is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
         return value
     if hint is float:
         if isinstance(value, str):  # "1e-05" from `dvc exp run -S`
@@ -370,25 +58,25 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
                 value = float(value)
             except ValueError:
                 raise ParamsError(f"{key}: must be a number, got {value!r}") from None
-        _require(isinstance(value, int | float) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
-        _require(math.isfinite(value), key, f"must be finite, got {value!r}")
+        require(isinstance(value, int | float) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+        require(math.isfinite(value), key, f"must be finite, got {value!r}")
         return float(value)
     if hint is str:
-        _require(isinstance(value, str), key, f"must be a string, got {value!r}")
+        require(isinstance(value, str), key, f"must be a string, got {value!r}")
         return value
     raise TypeError(f"{key}: unsupported type {hint!r} in the params schema")
 
 
 def _build(cls: type, raw: Any, key: str) -> Any:
-    _require(isinstance(raw, dict), key or "params.yaml", f"must be a mapping, got {raw!r}")
+    require(isinstance(raw, dict), key or "params.yaml", f"must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
     prefix = f"{key}." if key else ""
     unknown = sorted(set(raw) - set(fields))
-    _require(not unknown, f"{prefix}{unknown[0] if unknown else ''}", f"unknown key (allowed: {', '.join(fields)})")
+    require(not unknown, f"{prefix}{unknown[0] if unknown else ''}", f"unknown key (allowed: {', '.join(fields)})")
     values = {}
     for name in fields:
-        _require(name in raw, f"{prefix}{name}", "missing")
+        require(name in raw, f"{prefix}{name}", "missing")
         values[name] = _convert(raw[name], hints[name], f"{prefix}{name}")
     obj = cls(**values)
     obj.check(key)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-creates exactly the experiments behind the README's demo tables, runs them, and writes their reports to
+# Re-creates exactly the experiments behind the demo tables of README.md and docs/methods.md, runs them, and writes their reports to
 # reports/thesis/readme/ (committed: rerun this and diff). About 1.5 hours on 2 CPU cores.
 #
 #   scripts/readme_tables.sh            # everything: baseline, tuning on dev, the second seeds, the reports
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-all}" in all|tune|reports) ;; *) echo "usage: $0 [all|tune|reports]" >&2; exit 2;; esac
 
-# Settings chosen on dev (README, "How the settings were chosen").
+# Settings chosen on dev (docs/methods.md, "How the settings were chosen").
 EWC_LAMBDA=0.25      # = params.yaml's default adapt.ewc_lambda
 L2_LAMBDA=0.1
 MAS_LAMBDA=0.05

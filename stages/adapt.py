@@ -1,5 +1,5 @@
 """Stage `adapt`: fine-tune the pretrained model (θ*) on the target language (German) with the method of
-`adapt.method` (`forgetting.methods`): the EWC, MAS or L2 penalty (λ/2)·Σ Ω·(θ−θ*)², distillation towards the
+`adapt.method` (`forgetting.methods.registry`): the EWC, MAS or L2 penalty (λ/2)·Σ Ω·(θ−θ*)², distillation towards the
 pretrained model (lwf), or low-rank adapters folded back in at the end (lora); λ = 0 is plain fine-tuning. With
 `adapt.replay_fraction` > 0, part of every batch is source-language (Dutch) training utterances. The source dev split
 is evaluated alongside the target's (the forgetting curve); `adapt.keep` picks the checkpoint written."""
@@ -8,15 +8,15 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from forgetting import distributed
-from forgetting.batching import Split
-from forgetting.corpus import read_split_tsv
+from forgetting.data.corpus import read_split_tsv
 from forgetting.layout import SOURCE, TARGET, clips_dir, weights_file
-from forgetting.methods import build_method
-from forgetting.model import apply_training_config, load_trained
-from forgetting.replay import choose_replay, write_replay_list
-from forgetting.resume import stage_run_key
-from forgetting.trainer import train_ctc
+from forgetting.methods.registry import build_method
+from forgetting.methods.replay import choose_replay, write_replay_list
+from forgetting.training import distributed
+from forgetting.training.batching import Split
+from forgetting.training.model import apply_training_config, load_trained
+from forgetting.training.resume import stage_run_key
+from forgetting.training.trainer import train_ctc
 from stages import cli
 
 

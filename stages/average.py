@@ -7,14 +7,14 @@ stage and eval. It scores the averaged model on every language's dev split, so Î
 
 from pathlib import Path
 
-from forgetting import distributed
-from forgetting.averaging import average_weights
-from forgetting.corpus import read_split_tsv
-from forgetting.decoding import transcribe
+from forgetting.data.corpus import read_split_tsv
+from forgetting.evaluation.scoring import error_rates, score_utterance
 from forgetting.io import write_json
 from forgetting.layout import clips_dir
-from forgetting.model import load_trained, save_model
-from forgetting.scoring import error_rates, score_utterance
+from forgetting.methods.averaging import average_weights
+from forgetting.training import distributed
+from forgetting.training.decoding import transcribe
+from forgetting.training.model import load_trained, save_model
 from stages import cli
 
 

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from forgetting.errors import InputError
-from forgetting.params import Params, load_params
+from forgetting.params import load_params
+from forgetting.schema import Params
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:

@@ -1,15 +1,15 @@
 """Stage `demo`: the embedded Dutch and German corpus, synthesised with eSpeak NG in the Common Voice layout.
 
 Writes `<out>/nl/` and `<out>/de/` (validated.tsv + clips/), each replacing what was there. The speakers,
-the sentences and the defects planted on purpose are described in `forgetting/synth.py`.
+the sentences and the defects planted on purpose are described in `forgetting/demo/synth.py`.
 """
 
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from forgetting.demo.synth import write_demo_corpus
 from forgetting.layout import LANGUAGES
-from forgetting.synth import write_demo_corpus
 from stages import cli
 
 

@@ -4,14 +4,14 @@ figures. Under torchrun each process transcribes its share of each test split; p
 
 from pathlib import Path
 
-from forgetting import distributed
-from forgetting.corpus import read_split_tsv
-from forgetting.decoding import transcribe
-from forgetting.figures import plot_adapt_curves, plot_error_rates
+from forgetting.data.corpus import read_split_tsv
+from forgetting.evaluation.figures import plot_adapt_curves, plot_error_rates
+from forgetting.evaluation.scoring import derived_metrics, error_rates, interval_record, score_utterance, write_scores_tsv
 from forgetting.io import write_json
 from forgetting.layout import MODELS, SOURCE, TARGET, clips_dir, predictions_name
-from forgetting.model import load_trained
-from forgetting.scoring import derived_metrics, error_rates, interval_record, score_utterance, write_scores_tsv
+from forgetting.training import distributed
+from forgetting.training.decoding import transcribe
+from forgetting.training.model import load_trained
 from stages import cli
 
 

@@ -12,16 +12,16 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from forgetting import distributed
-from forgetting.batching import CTCCollator, UtteranceDataset
-from forgetting.corpus import read_split_tsv, write_split_tsv
-from forgetting.figures import plot_importance_by_layer
-from forgetting.fisher import choose_utterances, fisher_sums
-from forgetting.importance import importance_by_layer, normalised, save_importance
+from forgetting.data.corpus import read_split_tsv, write_split_tsv
+from forgetting.evaluation.figures import plot_importance_by_layer
 from forgetting.io import file_sha256, write_json
 from forgetting.layout import clips_dir, weights_file
-from forgetting.mas import estimate_mas
-from forgetting.model import apply_training_config, load_trained
+from forgetting.methods.fisher import choose_utterances, fisher_sums
+from forgetting.methods.importance import importance_by_layer, normalised, save_importance
+from forgetting.methods.mas import estimate_mas
+from forgetting.training import distributed
+from forgetting.training.batching import CTCCollator, UtteranceDataset
+from forgetting.training.model import apply_training_config, load_trained
 from stages import cli
 
 

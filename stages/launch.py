@@ -2,7 +2,7 @@
 
 N = 1: the stage runs in this very process, exactly as `python -m stages.<name> ARGS` would (a refused input ends in
 the stage's one line, not in a launcher's traceback). N > 1: torchrun starts N processes of the stage on this machine
-(`torchrun --standalone --nproc_per_node N -m stages.<name> ARGS`; see the README for more than one machine).
+(`torchrun --standalone --nproc_per_node N -m stages.<name> ARGS`; see docs/gpu.md for more than one machine).
 """
 
 import os

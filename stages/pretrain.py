@@ -4,13 +4,13 @@ DistributedDataParallel and process 0 writes the outputs."""
 
 from pathlib import Path
 
-from forgetting import distributed
-from forgetting.batching import Split
-from forgetting.corpus import read_split_tsv
+from forgetting.data.corpus import read_split_tsv
 from forgetting.layout import clips_dir
-from forgetting.model import build_model, build_processor, checkpoint_files
-from forgetting.resume import stage_run_key
-from forgetting.trainer import train_ctc
+from forgetting.training import distributed
+from forgetting.training.batching import Split
+from forgetting.training.model import build_model, build_processor, checkpoint_files
+from forgetting.training.resume import stage_run_key
+from forgetting.training.trainer import train_ctc
 from stages import cli
 
 

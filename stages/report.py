@@ -14,18 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from forgetting.figures import plot_forgetting_vs_german, plot_lambda_sweep
+from forgetting.evaluation.estimates import compare_groups, estimate_group
+from forgetting.evaluation.experiments import comparison_pairs, git_predictions, group_by_seed, parse_exp_show, select_experiments
+from forgetting.evaluation.figures import plot_forgetting_vs_german, plot_lambda_sweep
+from forgetting.evaluation.render import ORDER_KEYS, render_latex, render_markdown, sweep_points
 from forgetting.io import atomic_write_text
-from forgetting.render import ORDER_KEYS, render_latex, render_markdown, sweep_points
-from forgetting.results import (
-    compare_groups,
-    comparison_pairs,
-    estimate_group,
-    git_predictions,
-    group_by_seed,
-    parse_exp_show,
-    select_experiments,
-)
 from stages import cli
 
 

@@ -8,10 +8,10 @@ opens those). The counts JSON is written even when the stage then fails (no row 
 
 from pathlib import Path
 
-from forgetting.corpus import read_corpus_tsv, write_split_tsv
+from forgetting.data.corpus import read_corpus_tsv, write_split_tsv
+from forgetting.data.sampling import sample_grouped, sample_official
 from forgetting.io import write_json
 from forgetting.layout import SPLITS, corpus_metadata, split_file
-from forgetting.sampling import sample_grouped, sample_official
 from stages import cli
 
 

@@ -3,17 +3,17 @@ the same filters, sample and splits as `sample@<lang>` (grouped, or the dataset'
 `data.datasets.<lang>.split_names` with `sample.<lang>.splits: official`), then the chosen rows' audio, as stored, written
 to the language's clips folder (`data.datasets.<lang>.clips`), from where validate, training and eval read it.
 
-Reads the dataset with `datasets` (`forgetting.hf_dataset`), never decoding audio with it. The counts JSON is written
+Reads the dataset with `datasets` (`forgetting.data.hf_dataset`), never decoding audio with it. The counts JSON is written
 even when the stage then fails.
 """
 
 from pathlib import Path
 
-from forgetting.corpus import write_split_tsv
-from forgetting.hf_dataset import read_rows, write_clips
+from forgetting.data.corpus import write_split_tsv
+from forgetting.data.hf_dataset import read_rows, write_clips
+from forgetting.data.sampling import sample_grouped, sample_official
 from forgetting.io import write_json
 from forgetting.layout import SPLITS, clips_dir, split_file
-from forgetting.sampling import sample_grouped, sample_official
 from stages import cli
 
 

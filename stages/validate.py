@@ -12,10 +12,16 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from forgetting.corpus import read_split_tsv, write_split_tsv
+from forgetting.data.corpus import read_split_tsv, write_split_tsv
+from forgetting.data.validation import (
+    ValidationError,
+    check_reject_fraction,
+    validate_splits,
+    validation_metrics,
+    write_rejects_tsv,
+)
 from forgetting.io import replace_dir, temp_dir, write_json
 from forgetting.layout import SPLITS, clips_dir, split_file
-from forgetting.validation import ValidationError, check_reject_fraction, validate_splits, validation_metrics, write_rejects_tsv
 from stages import cli
 
 

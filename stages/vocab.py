@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from forgetting.corpus import build_vocab, read_split_tsv
+from forgetting.data.corpus import build_vocab, read_split_tsv
 from forgetting.io import atomic_write_text
 from stages import cli
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from forgetting.audio import load_clip_16k
-from forgetting.corpus import Utterance, build_vocab, read_corpus_tsv
-from forgetting.synth import write_demo_corpus
+from forgetting.data.audio import load_clip_16k
+from forgetting.data.corpus import Utterance, build_vocab, read_corpus_tsv
+from forgetting.demo.synth import write_demo_corpus
 
 
 @dataclasses.dataclass(frozen=True)

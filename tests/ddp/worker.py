@@ -1,10 +1,10 @@
-"""What each process started by `torchrun` does for tests/unit/test_distributed.py; the test runs the same functions
+"""What each process started by `torchrun` does for tests/unit/training/test_distributed.py; the test runs the same functions
 in its own process for the one-process reference.
 
     torchrun --standalone --nproc_per_node=2 -m tests.ddp.worker PLAN.json
 
 PLAN.json: `{"corpus": {CorpusFiles fields}, "model": folder, "adapt": [{AdaptRun fields}], "importance": [folder]}`.
-Each adapt run trains the tiny model with `forgetting.trainer.train_ctc` and the EWC penalty under its `root`; each
+Each adapt run trains the tiny model with `forgetting.training.trainer.train_ctc` and the EWC penalty under its `root`; each
 importance folder holds a params.yaml, and the importance stage (`stages.importance.main`) runs there on the model
 folder. Besides the outputs, every process writes files of its own for the test: `rank<r>.safetensors` (its final
 weights), `rank<r>-steps.safetensors` (its weights before the first optimiser step and the gradients of every step),
@@ -27,13 +27,14 @@ import torch
 from safetensors.torch import save_file
 from transformers import TrainerCallback, Wav2Vec2ForCTC, Wav2Vec2Processor
 
-from forgetting import distributed
-from forgetting.batching import Split
-from forgetting.corpus import read_split_tsv
-from forgetting.model import apply_training_config, build_model, build_processor
-from forgetting.params import TrainParams, load_params
-from forgetting.penalty import EWCPenalty
-from forgetting.trainer import train_ctc
+from forgetting.data.corpus import read_split_tsv
+from forgetting.methods.penalty import EWCPenalty
+from forgetting.params import load_params
+from forgetting.schema import TrainParams
+from forgetting.training import distributed
+from forgetting.training.batching import Split
+from forgetting.training.model import apply_training_config, build_model, build_processor
+from forgetting.training.trainer import train_ctc
 from stages import importance
 
 ROOT = Path(__file__).resolve().parents[2]

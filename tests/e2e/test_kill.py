@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e.micro import dvc, make_repo, stages_run
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # the slowest takes about 130 s here
 # longer training than the pipeline test's, so that a kill can land between checkpoints
 LONGER = {"pretrain.max_steps": 12, "pretrain.eval_steps": 4, "adapt.max_steps": 9, "adapt.eval_steps": 3}
 RESULTS = ("models/pretrained/model.safetensors", "models/importance/importance.safetensors", "models/adapted/model.safetensors",

@@ -14,7 +14,7 @@ import yaml
 
 from tests.e2e.micro import commit, dvc, make_repo, run, set_key, stages_run
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # the slowest takes about 130 s here
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:

@@ -10,7 +10,7 @@ import yaml
 
 from forgetting.curves import CURVES
 from forgetting.layout import LANGUAGES
-from forgetting.resume import RUN_PARAMS
+from forgetting.training.resume import RUN_PARAMS
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("forgetting", "stages")
@@ -78,9 +78,9 @@ def test_stage_deps_are_exactly_the_code_it_imports(stage):
 
 def test_the_import_scan_sees_through_packages_and_function_imports():
     files = {p.relative_to(ROOT).as_posix() for p in imported_files("stages.vocab")}
-    assert {"stages/vocab.py", "stages/__init__.py", "stages/cli.py", "forgetting/__init__.py", "forgetting/corpus.py",
+    assert {"stages/vocab.py", "stages/__init__.py", "stages/cli.py", "forgetting/__init__.py", "forgetting/data/corpus.py",
             "forgetting/io.py"} <= files
-    assert "forgetting/trainer.py" not in files
+    assert "forgetting/training/trainer.py" not in files
 
 
 def test_foreach_stages_loop_over_the_languages():

@@ -14,10 +14,10 @@ import soundfile as sf
 import yaml
 from datasets import Audio, Dataset, DatasetDict
 
-from forgetting.corpus import CorpusError, read_split_tsv
-from forgetting.espeak import open_espeak
+from forgetting.data.corpus import CorpusError, read_split_tsv
+from forgetting.demo.espeak import open_espeak
+from forgetting.demo.synth import HEADER
 from forgetting.layout import SPLITS
-from forgetting.synth import HEADER
 from stages import sample, sample_hf, validate
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 import yaml
 
-from forgetting.corpus import Utterance, read_split_tsv, write_split_tsv
+from forgetting.data.corpus import Utterance, read_split_tsv, write_split_tsv
+from forgetting.data.validation import REJECT_REASONS
 from forgetting.layout import SPLITS
-from forgetting.validation import REJECT_REASONS
 from stages import validate
 from tests.unit.audio_files import cut_in_half, sine, write_clip
 

@@ -3,7 +3,7 @@
 import json
 import sys
 
-from forgetting.corpus import Utterance, write_split_tsv
+from forgetting.data.corpus import Utterance, write_split_tsv
 from stages import vocab
 
 

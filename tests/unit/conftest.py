@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import Wav2Vec2ForCTC
 
-from forgetting.corpus import normalise_text
-from forgetting.model import build_processor
+from forgetting.data.corpus import normalise_text
 from forgetting.params import load_params
+from forgetting.training.model import build_processor
 from tests.unit.tiny import SENTENCES, tiny_model, utterances, write_vocab
 
 

@@ -2,7 +2,7 @@
 report tests.
 
 `tests/fixtures/report/` was recorded by its `record.py` (DVC 3.67, a throw-away repo whose one stage imitates the
-eval stage with made-up hypotheses, scored and summarised by `forgetting.scoring`): the baseline `main` (ewc,
+eval stage with made-up hypotheses, scored and summarised by `forgetting.evaluation.scoring`): the baseline `main` (ewc,
 λ 0.25, seeds 0) and its experiments: adapt seeds 1 and 2 and pretrain seed 1 (one seed group with main), λ 0 and
 l2 with adapt seeds 0, 1, 2 (two more groups), λ 1, mas, lwf, lora, replay, the utterance bootstrap, eval.min_speakers
 9 (the nl test set has 10 speakers, de 8), one whose metrics file is cut, one that failed in the queue and one still
@@ -13,8 +13,9 @@ returned them.
 import json
 from pathlib import Path
 
-from forgetting.render import ORDER_KEYS, render_markdown
-from forgetting.results import Experiment, Group, Row, estimate_group, group_by_seed, parse_exp_show, select_experiments
+from forgetting.evaluation.estimates import Row, estimate_group
+from forgetting.evaluation.experiments import Experiment, Group, group_by_seed, parse_exp_show, select_experiments
+from forgetting.evaluation.render import ORDER_KEYS, render_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "report"
@@ -47,3 +48,13 @@ def table(records: list, samples: int | None = 200) -> tuple[dict[str, dict[str,
 
 def experiment_record(records: list, name: str) -> dict:
     return next(r for group in records[1]["experiments"] for r in group["revs"] if r["name"] == name)
+
+
+def experiment(name: str) -> Experiment:
+    """The fixture's experiment of that name."""
+    return next(e for e in parse_exp_show(RECORDS, METRICS)[0] if e.name == name)
+
+
+def group(name: str) -> Group:
+    """The fixture's seed group with a member of that name."""
+    return next(g for g in groups_of(RECORDS) if any(e.name == name for e in g.members))

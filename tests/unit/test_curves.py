@@ -1,31 +1,6 @@
-"""The curve names: every curve the figures and dvc.yaml read is what the trainer's log keys become."""
+"""The curve names and files: where a curve is written and how it reads back."""
 
-import shutil
-
-from forgetting.curves import (
-    CURVES,
-    TRAIN_PENALTY,
-    curve_file,
-    dev_curve,
-    live_metric,
-    log_key,
-    read_curve,
-    restore_curves,
-    save_curves,
-)
-
-
-def test_every_curve_is_a_logged_dvclive_metric_of_its_log_key():
-    for curve in CURVES:
-        assert live_metric(log_key(curve)) == (curve, True)
-    assert log_key(dev_curve("nl", "wer")) == "eval_nl_wer"  # what the Trainer logs for its dev set "nl"
-
-
-def test_trainer_keys_for_timings_and_totals_are_not_logged():
-    assert live_metric("loss") == ("train/loss", True)
-    for key in ("train_runtime", "train_samples_per_second", "eval_nl_runtime", "eval_de_samples_per_second", "epoch",
-                "total_flos", "train_loss"):
-        assert live_metric(key)[1] is False, key
+from forgetting.curves import TRAIN_PENALTY, curve_file, read_curve
 
 
 def test_read_curve_of_a_written_and_a_missing_curve(tmp_path):
@@ -35,18 +10,3 @@ def test_read_curve_of_a_written_and_a_missing_curve(tmp_path):
     path.write_text("timestamp\tstep\tpenalty\n1\t10\t0.5\n2\t20\t0.25\n")
     assert read_curve(tmp_path / "adapt", TRAIN_PENALTY) == ([10, 20], [0.5, 0.25])
     assert read_curve(tmp_path / "pretrain", TRAIN_PENALTY) == ([], [])
-
-
-def test_the_curves_of_a_checkpoint_come_back_whole_on_resume(tmp_path):
-    live, checkpoint = tmp_path / "adapt", tmp_path / "checkpoints" / "checkpoint-20"
-    path = curve_file(live, TRAIN_PENALTY)
-    path.parent.mkdir(parents=True)
-    path.write_text("step\tpenalty\n10\t0.5\n20\t0.25\n")
-    checkpoint.mkdir(parents=True)
-    save_curves(live, checkpoint)
-    path.write_text("step\tpenalty\n10\t0.5\n20\t0.25\n30\t0.1\n")  # logged after the checkpoint, then killed
-    restore_curves(checkpoint, live)
-    assert read_curve(live, TRAIN_PENALTY) == ([10, 20], [0.5, 0.25])
-    shutil.rmtree(live)  # what `dvc repro` does to a stage's outputs before it reruns the stage
-    restore_curves(checkpoint, live)
-    assert read_curve(live, TRAIN_PENALTY) == ([10, 20], [0.5, 0.25])

@@ -13,7 +13,7 @@ from forgetting.layout import (
     split_file,
     weights_file,
 )
-from forgetting.params import CommonVoiceSource, DatasetSource
+from forgetting.schema import CommonVoiceSource, DatasetSource
 
 
 def test_common_voice_layout():

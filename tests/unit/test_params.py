@@ -8,7 +8,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forgetting.params import ParamsError, load_params, parse_params
+from forgetting.params import load_params, parse_params
+from forgetting.schema import ParamsError
 
 ROOT = Path(__file__).resolve().parents[2]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))

@@ -9,7 +9,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-from forgetting.corpus import build_vocab
+from forgetting.data.corpus import build_vocab
 
 VOCAB = 45
 TINY = dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256, conv_dim=[64] * 7,
