@@ -51,6 +51,7 @@ class DatasetSource:
     sentence: str  # the text column
     client_id: str | None  # the speaker column; None when the dataset has none (each row is then its own speaker)
     split_names: dict[str, str]  # our split name -> the dataset's split name
+    splits: Literal["grouped", "official"]  # ours, drawn from all its rows | the dataset's own (split_names)
 
     def check(self, key: str) -> None:
         for name in ("path", "clips", "audio", "sentence"):
@@ -59,27 +60,43 @@ class DatasetSource:
                  f"must map each of {list(SPLITS)} to a split of the dataset, got {self.split_names}")
 
 
+GROUPS = ("common_voice", "common_voice_official", "datasets")
+
+
 @dataclass(frozen=True)
 class DataParams:
-    """Where each language comes from: every language of the pipeline in exactly one of the two groups (dvc.yaml runs
-    stage `sample` for each Common Voice language and `sample_hf` for each dataset language)."""
+    """Where each language comes from, and whose splits it uses: every language of the pipeline in exactly one group.
+    dvc.yaml runs stage `sample` for each `common_voice` language (splits drawn from `validated.tsv`: it depends on
+    that file alone), `sample_official` for each `common_voice_official` one (the release's `train/dev/test.tsv`:
+    it depends on all four) and `sample_hf` for each dataset language."""
 
     common_voice: dict[str, CommonVoiceSource]
+    common_voice_official: dict[str, CommonVoiceSource]
     datasets: dict[str, DatasetSource]
 
     def check(self, key: str) -> None:
         for lang in LANGUAGES:
-            groups = [group for group in ("common_voice", "datasets") if lang in getattr(self, group)]
+            groups = [group for group in GROUPS if lang in getattr(self, group)]
             require(len(groups) == 1, f"{key}.common_voice", f"language {lang!r} must be in exactly one of "
-                     f"data.common_voice and data.datasets, is in {groups or 'neither'}")
-        for group in ("common_voice", "datasets"):
+                     f"{', '.join(f'data.{g}' for g in GROUPS)}, is in {groups or 'none'}")
+        for group in GROUPS:
             unknown = sorted(set(getattr(self, group)) - set(LANGUAGES))
             require(not unknown, f"{key}.{group}.{unknown[0] if unknown else ''}",
                      f"not a language of the pipeline ({', '.join(LANGUAGES)})")
 
+    def group(self, lang: str) -> str:
+        """The group `lang` is in (`common_voice`, `common_voice_official`, `datasets`)."""
+        return next(group for group in GROUPS if lang in getattr(self, group))
+
     def source(self, lang: str) -> CommonVoiceSource | DatasetSource:
         """The source of `lang`."""
-        return self.common_voice[lang] if lang in self.common_voice else self.datasets[lang]
+        return getattr(self, self.group(lang))[lang]
+
+    def splits(self, lang: str) -> Literal["grouped", "official"]:
+        """Whose splits `lang` uses: ours (grouped, disjoint by speaker and sentence) or its release's (official)."""
+        if lang in self.datasets:
+            return self.datasets[lang].splits
+        return "official" if lang in self.common_voice_official else "grouped"
 
 
 @dataclass(frozen=True)
@@ -101,7 +118,6 @@ class DemoParams:
 class LanguageSample:
     n: int
     alphabet: str
-    splits: Literal["grouped", "official"]  # ours (speaker- and sentence-disjoint) | the release's train/dev/test
 
     def check(self, key: str) -> None:
         require(self.n >= 1, f"{key}.n", f"must be >= 1, got {self.n}")
@@ -166,6 +182,7 @@ class ValidateParams:
 class ModelParams:
     name: str
     config: dict[str, Any]
+    head: Literal["by_token", "fresh"]  # a start checkpoint's CTC head for other characters: keep the shared rows, or none
 
     def check(self, key: str) -> None:
         require(bool(self.name.strip()), f"{key}.name", "must be 'tiny', a checkpoint folder or a hub id")
@@ -188,6 +205,7 @@ class TrainParams:
     dropout: float
     layerdrop: float
     mask_time_prob: float
+    mask_feature_prob: float  # SpecAugment's channel masking; it overrides a checkpoint's own value
     fp16: bool
     bf16: bool
     eval_steps: int
@@ -203,7 +221,7 @@ class TrainParams:
                  f"set exactly one of epochs and max_steps, got epochs={self.epochs}, max_steps={self.max_steps}")
         require(self.epochs is None or self.epochs > 0, f"{key}.epochs", f"must be > 0, got {self.epochs}")
         require(self.max_steps is None or self.max_steps > 0, f"{key}.max_steps", f"must be > 0, got {self.max_steps}")
-        for name in ("warmup_ratio", "dropout", "layerdrop", "mask_time_prob", "max_skipped_fraction"):
+        for name in ("warmup_ratio", "dropout", "layerdrop", "mask_time_prob", "mask_feature_prob", "max_skipped_fraction"):
             value = getattr(self, name)
             require(0 <= value < 1, f"{key}.{name}", f"must be in [0, 1), got {value}")
         for name in ("batch_size", "effective_batch_size", "eval_steps", "save_total_limit"):

@@ -2,8 +2,9 @@
 
 The diagonal Fisher (`importance.fisher`, `importance.loss`) for EWC, or the MAS importance when `adapt.method` is
 `mas`; from `importance.samples` utterances drawn with `seed` from the source train split; for exactly the
-parameters that adapt will train (`adapt.freeze_feature_encoder`, `adapt.mask_time_prob`). Under torchrun each
-process takes its share of the utterances, their sums are added up, and process 0 writes the outputs.
+parameters that adapt will train (`adapt.freeze_feature_encoder`, and `adapt.mask_time_prob` and
+`adapt.mask_feature_prob`, either of which makes the mask embedding a parameter). Under torchrun each process takes
+its share of the utterances, their sums are added up, and process 0 writes the outputs.
 """
 
 import time

@@ -1,13 +1,18 @@
 """Run a stage as `resources.nproc_per_node` processes, as dvc.yaml does: `python -m stages.launch N stages.<name> ARGS`.
 
 N = 1: the stage runs in this very process, exactly as `python -m stages.<name> ARGS` would (a refused input ends in
-the stage's one line, not in a launcher's traceback). N > 1: torchrun starts N processes of the stage on this machine
-(`torchrun --standalone --nproc_per_node N -m stages.<name> ARGS`; see docs/gpu.md for more than one machine).
+the stage's one line, not in a launcher's traceback). N > 1: the params are checked here first, so that a value no
+process may run with (an effective batch that does not divide over N processes) is refused once, in one line, before
+torchrun starts N processes of the stage on this machine (`torchrun --standalone --nproc_per_node N -m stages.<name>
+ARGS`; see docs/gpu.md for more than one machine).
 """
 
 import os
 import runpy
 import sys
+
+from forgetting.errors import InputError
+from forgetting.params import load_params
 
 
 def main() -> None:
@@ -18,6 +23,10 @@ def main() -> None:
         sys.argv = [module, *args]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     else:
+        try:
+            load_params()
+        except InputError as err:
+            raise SystemExit(f"{module.removeprefix('stages.')}: {err}") from err
         # torchrun of this very interpreter (not whichever is first on PATH)
         os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                   f"--nproc_per_node={count}", "-m", module, *args])

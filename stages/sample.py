@@ -1,6 +1,6 @@
-"""Stage `sample@<lang>` for a language read from a Common Voice-layout folder (`data.common_voice.<lang>.path`):
-the metadata filters, a seeded sample, and train/dev/test splits, either grouped (no speaker and no sentence in two
-splits) or the release's official ones (`sample.<lang>.splits`).
+"""Stages `sample@<lang>` and `sample_official@<lang>` for a language read from a Common Voice-layout folder: the
+metadata filters, a seeded sample, and train/dev/test splits, either grouped (no speaker and no sentence in two splits;
+the language is in `data.common_voice`) or the release's official ones (in `data.common_voice_official`).
 
 Reads only the metadata files (`validated.tsv`, or `train.tsv`/`dev.tsv`/`test.tsv`), never the clips (validate
 opens those). The counts JSON is written even when the stage then fails (no row passes the filters, no split fits).
@@ -21,11 +21,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for train/dev/test.tsv")
     parser.add_argument("--metrics", type=Path, required=True, help="counts JSON")
     args, params = cli.start(parser)
-    if args.lang not in params.data.common_voice:
-        raise SystemExit(f"sample {args.lang}: not in data.common_voice (have {', '.join(params.data.common_voice)})")
-    folder, lang = params.data.common_voice[args.lang].path, params.sample.language(args.lang)
+    if args.lang not in {**params.data.common_voice, **params.data.common_voice_official}:
+        raise SystemExit(f"sample {args.lang}: not in data.common_voice nor data.common_voice_official")
+    folder, lang, splits = params.data.source(args.lang).path, params.sample.language(args.lang), params.data.splits(args.lang)
 
-    if lang.splits == "official":
+    if splits == "official":
         sources = {name: corpus_metadata(folder, name) for name in SPLITS}
         drawn, error = sample_official({name: read_corpus_tsv(path) for name, path in sources.items()},
                                        {name: str(path) for name, path in sources.items()}, lang, params.sample,
@@ -39,7 +39,7 @@ def main() -> None:
     for name in SPLITS:
         write_split_tsv(split_file(args.out, name), drawn.splits[name])
     counts = ", ".join(f"{name} {len(drawn.splits[name])}" for name in SPLITS)
-    print(f"sample {args.lang}: {lang.splits} splits from {folder}: kept {drawn.counts['kept']} ({counts}) -> {args.out}")
+    print(f"sample {args.lang}: {splits} splits from {folder}: kept {drawn.counts['kept']} ({counts}) -> {args.out}")
 
 
 if __name__ == "__main__":

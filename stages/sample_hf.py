@@ -1,6 +1,6 @@
 """Stage `sample_hf@<lang>` for a language read from a Hugging Face audio dataset on disk (`data.datasets.<lang>`):
 the same filters, sample and splits as `sample@<lang>` (grouped, or the dataset's own splits named in
-`data.datasets.<lang>.split_names` with `sample.<lang>.splits: official`), then the chosen rows' audio, as stored, written
+`data.datasets.<lang>.split_names` with `data.datasets.<lang>.splits: official`), then the chosen rows' audio, as stored, written
 to the language's clips folder (`data.datasets.<lang>.clips`), from where validate, training and eval read it.
 
 Reads the dataset with `datasets` (`forgetting.data.hf_dataset`), never decoding audio with it. The counts JSON is written
@@ -28,7 +28,7 @@ def main() -> None:
     source, lang = params.data.datasets[args.lang], params.sample.language(args.lang)
 
     rows = read_rows(source)  # by the dataset's split names
-    if lang.splits == "official":
+    if source.splits == "official":
         drawn, error = sample_official({ours: rows[theirs] for ours, theirs in source.split_names.items()},
                                        {ours: f"{source.path} split {theirs}" for ours, theirs in source.split_names.items()},
                                        lang, params.sample, params.seed, args.lang)
@@ -44,7 +44,7 @@ def main() -> None:
         write_split_tsv(split_file(args.out, name), drawn.splits[name])
     written = write_clips(source, [u for name in SPLITS for u in drawn.splits[name]], clips_dir(source))
     counts = ", ".join(f"{name} {len(drawn.splits[name])}" for name in SPLITS)
-    print(f"sample_hf {args.lang}: {lang.splits} splits from {source.path}: kept {drawn.counts['kept']} ({counts}), "
+    print(f"sample_hf {args.lang}: {source.splits} splits from {source.path}: kept {drawn.counts['kept']} ({counts}), "
           f"{written / 1e6:.1f} MB of clips -> {args.out}, {clips_dir(source)}")
 
 

@@ -36,7 +36,7 @@ def main() -> None:
 
     clips = clips_dir(params.data.source(args.lang))
     if not clips.is_dir():
-        raise SystemExit(f"validate {args.lang}: no clips folder {clips} (see data.common_voice / data.datasets)")
+        raise SystemExit(f"validate {args.lang}: no clips folder {clips} (see params.yaml data.{params.data.group(args.lang)})")
     splits = {name: read_split_tsv(split_file(args.sampled, name)) for name in SPLITS}
     validation = validate_splits(splits, clips, bounds.min_seconds, bounds.max_seconds, bounds.min_rms, bounds.workers)
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import itertools
 import logging
 import statistics
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 
 import jiwer
 import torch
 from accelerate.utils.memory import clear_device_cache
+from torch.amp.grad_scaler import OptState
 from torch.utils.data import ConcatDataset, Sampler, SequentialSampler
 from transformers import EvalPrediction, Trainer
 
@@ -139,15 +140,28 @@ class CTCTrainer(Trainer):
         step = optimizer.step
 
         def step_unless_skipped(*step_args, **step_kwargs):
-            if not self._skip:
-                return step(*step_args, **step_kwargs)
-            scaler = self._scaler()
-            if scaler is not None:  # the gradients were unscaled for clipping: the scaler must close its step
-                scaler.update()
-            return None
+            # Under fp16 the loss scaler calls a fused optimiser's step even on an overflow (for the fused kernel to skip
+            # it), and accelerate then takes the step as applied and the Trainer steps the schedule: a step found
+            # overflowed here, or skipped by us (`_skip_in_scaler` records it as an overflow), is reported skipped.
+            found_inf = getattr(optimizer, "found_inf", None)  # set by the scaler for a fused optimiser's step
+            if self._skip or (found_inf is not None and bool(found_inf.item())):
+                self.optimizer._accelerate_step_called = False  # accelerate: step_was_skipped, the schedule stays
+                return None
+            return step(*step_args, **step_kwargs)
 
         optimizer.step = step_unless_skipped
         return optimizer
+
+    def _skip_in_scaler(self, scaler: torch.amp.GradScaler) -> None:
+        """Record this optimiser step as an overflow in the fp16 loss scaler's own state, as if it had found an inf:
+        its `step` then leaves the weights and the optimiser state alone, accelerate marks the step skipped (so the
+        Trainer does not step the learning-rate schedule), and accelerate's one `update` backs the scale off."""
+        optimizer = self.optimizer.optimizer  # the torch optimiser inside accelerate's wrapper
+        state = scaler._per_optimizer_states[id(optimizer)]
+        if state["stage"] is OptState.READY:  # not unscaled for clipping (max_grad_norm 0): record its inf checks now
+            scaler.unscale_(optimizer)
+        for found_inf in state["found_inf_per_device"].values():
+            found_inf.fill_(1.0)
 
     def _scaler(self) -> torch.amp.GradScaler | None:
         """The fp16 loss scaler, when one runs."""
@@ -183,6 +197,8 @@ class CTCTrainer(Trainer):
         # one host sync per optimiser step, as a GradScaler makes; every process takes the same decision
         self._skip = bool(self.accelerator.reduce(bad.int(), reduction="sum") > 0)
         self.optimizer._is_overflow = self._skip  # the AcceleratedOptimizer's flag: the scheduler does not step either
+        if self._skip and self._scaler() is not None:
+            self._skip_in_scaler(self._scaler())
         if self._skip:
             self._skipped_steps().record(self.state.global_step + 1, self._step_paths, self.max_skipped_fraction,
                                          self.state.max_steps)
@@ -243,7 +259,25 @@ class CTCTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs.pop("paths", None)
-        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        with float32_forward(self.accelerator.unwrap_model(model)):
+            loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         if logits is not None:
             logits = blank_padding_frames(self.accelerator.unwrap_model(model), logits, inputs["attention_mask"])
         return loss, logits, labels
+
+
+@contextmanager
+def float32_forward(model: torch.nn.Module) -> Iterator[None]:
+    """The model's own forward, without the autocast that accelerate wraps it in under fp16/bf16, for the span of the
+    block: dev WER/CER during training is scored in float32, as the average and eval stages score, so the kept
+    checkpoint's `kept.dev` is what `average` gives at α = 1 on any device."""
+    original = model.__dict__.get("_original_forward")  # set by accelerate when it wraps the forward in autocast
+    if original is None:
+        yield
+        return
+    wrapped = model.forward
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = wrapped

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 TINY = "tiny"
 BLANK_ID = 0  # [PAD]
 CTC_SETTINGS = {"pad_token_id": BLANK_ID, "ctc_loss_reduction": "mean", "ctc_zero_infinity": True}
-_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "config.json", "vocab.json")
+# what defines a start model: its weights, config, and the vocabulary and special tokens its head is fitted by
+_START_FILES = ("*.safetensors", "*.bin", "config.json", "vocab.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 class ModelError(InputError):
@@ -65,8 +67,10 @@ def build_processor(vocab_path: Path) -> Wav2Vec2Processor:
 def build_model(params: ModelParams, vocab: Mapping[str, int], seed: int) -> Wav2Vec2ForCTC:
     """The start model for our vocabulary `vocab` (token -> id). `tiny`: a randomly initialised (seeded)
     Wav2Vec2ForCTC from `params.config`; otherwise `params.name` is a local checkpoint folder or a hub id already in
-    the cache, loaded offline. A checkpoint keeps its CTC head only when it was trained on exactly this vocabulary
-    (its `vocab.json` equals `vocab`); a head for other characters, even as many, is replaced by a fresh one."""
+    the cache, loaded offline: a CTC checkpoint, or a pre-training one (its quantiser and projections are dropped, and
+    the CTC head is new). A checkpoint keeps its CTC head whole when it was trained on exactly this vocabulary (its
+    `vocab.json` equals `vocab`); otherwise `params.head` decides: "by_token" keeps the rows of the characters both
+    vocabularies have (see `fit_head`), "fresh" initialises them all."""
     set_seed(seed)
     if params.name == TINY:
         known = {f.name for f in dataclasses.fields(Wav2Vec2Config)}
@@ -79,31 +83,76 @@ def build_model(params: ModelParams, vocab: Mapping[str, int], seed: int) -> Wav
             raise ModelError(f"model.config: not valid Wav2Vec2Config values: {err}") from err
         return Wav2Vec2ForCTC(config)
     model = load_model(params.name)
-    reason = _head_mismatch(params.name, model, vocab)
+    theirs = _checkpoint_vocab(params.name)
+    reason = _head_mismatch(params.name, model, theirs, vocab)
     if reason:
-        log.warning("%s: CTC head replaced by a fresh one of %d outputs (our vocabulary): %s", params.name, len(vocab),
-                    reason)
-        model.lm_head = nn.Linear(model.lm_head.in_features, len(vocab))
+        old = model.lm_head
+        model.lm_head = nn.Linear(old.in_features, len(vocab))
         model._init_weights(model.lm_head)
+        kept = fit_head(old, model.lm_head, theirs, _special_tokens(params.name, model, theirs), vocab) \
+            if params.head == "by_token" and theirs is not None else 0
+        log.warning("%s: CTC head fitted to our vocabulary (model.head: %s): %d of its %d outputs kept from the "
+                    "checkpoint's head, %d new; %s", params.name, params.head, kept, len(vocab), len(vocab) - kept, reason)
         model.config.vocab_size = len(vocab)
     model.config.update(CTC_SETTINGS)
     return model
 
 
-def _head_mismatch(name: str, model: Wav2Vec2ForCTC, vocab: Mapping[str, int]) -> str | None:
-    """Why a checkpoint's CTC head does not fit `vocab`, or None when its own vocab.json is exactly `vocab`."""
-    if model.lm_head.out_features != len(vocab):
-        return f"it has {model.lm_head.out_features} outputs"
+def fit_head(old: nn.Linear, new: nn.Linear, theirs: Mapping[str, int], special: Mapping[str, str],
+             vocab: Mapping[str, int]) -> int:
+    """Copy into `new` (our vocabulary `vocab`) the rows (weight and bias) of `old` (the checkpoint's vocabulary
+    `theirs`) of every token both have; `special` maps our blank, unknown and word delimiter to the checkpoint's names
+    for them. The other rows stay as `new` was initialised. Returns how many rows were kept."""
+    rows = {ours: theirs[special.get(token, token)] for token, ours in vocab.items()
+            if special.get(token, token) in theirs and theirs[special.get(token, token)] < old.out_features}
+    if rows:
+        index_new, index_old = torch.tensor(list(rows)), torch.tensor(list(rows.values()))
+        with torch.no_grad():
+            new.weight[index_new] = old.weight[index_old]
+            new.bias[index_new] = old.bias[index_old]
+    return len(rows)
+
+
+def _special_tokens(name: str, model: Wav2Vec2ForCTC, theirs: Mapping[str, int]) -> dict[str, str]:
+    """Our blank, unknown and word-delimiter tokens -> the checkpoint's, from its tokenizer files: its blank is its pad
+    token (`<pad>` in most published CTC models), as its config's `pad_token_id` says."""
+    folder, names = _checkpoint_folder(name), {}
+    for file in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = folder / file
+        if path.is_file():
+            try:
+                names |= {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if isinstance(v, str)}
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ModelError(f"{path}: not a tokenizer JSON ({err})") from err
+    blank = next((t for t, i in theirs.items() if i == model.config.pad_token_id), names.get("pad_token", "<pad>"))
+    return {PAD: blank, UNK: names.get("unk_token", "<unk>"), WORD_DELIMITER: names.get("word_delimiter_token", "|")}
+
+
+def _checkpoint_vocab(name: str) -> dict[str, int] | None:
+    """The checkpoint's own `vocab.json` (token -> id), or None when it has none (a pre-training checkpoint)."""
     own = _checkpoint_folder(name) / "vocab.json"
     if not own.is_file():
-        return f"no {own.name} says which characters its {len(vocab)} outputs stand for"
+        return None
     try:
         theirs = json.loads(own.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelError(f"{own}: not a vocabulary JSON ({err})") from err
-    if theirs != dict(vocab):
+    if not isinstance(theirs, dict) or not all(isinstance(i, int) for i in theirs.values()):
+        raise ModelError(f"{own}: not a vocabulary JSON (expected token -> id)")
+    return theirs
+
+
+def _head_mismatch(name: str, model: Wav2Vec2ForCTC, theirs: Mapping[str, int] | None,
+                   vocab: Mapping[str, int]) -> str | None:
+    """Why a checkpoint's CTC head does not fit `vocab`, or None when its own vocab.json is exactly `vocab`."""
+    if theirs is None:
+        return (f"no vocab.json in {_checkpoint_folder(name)} says which characters its {model.lm_head.out_features} "
+                "outputs stand for")
+    if model.lm_head.out_features != len(vocab):
+        return f"its head has {model.lm_head.out_features} outputs, our vocabulary {len(vocab)}"
+    if dict(theirs) != dict(vocab):
         other = sorted(set(theirs) ^ set(vocab)) or [t for t in vocab if theirs.get(t) != vocab[t]]
-        return f"its {own} has the same size but other tokens or ids ({', '.join(map(repr, other[:5]))})"
+        return f"its vocab.json has the same size but other tokens or ids ({', '.join(map(repr, other[:5]))})"
     return None
 
 
@@ -121,9 +170,18 @@ def load_model(name: str | Path) -> Wav2Vec2ForCTC:
         except SafetensorError as err:
             raise ModelError(f"{weights}: not a complete safetensors file ({err}); {REBUILD}") from err
     try:
-        return Wav2Vec2ForCTC.from_pretrained(str(name), local_files_only=True, trust_remote_code=False)
+        model, info = Wav2Vec2ForCTC.from_pretrained(str(name), local_files_only=True, trust_remote_code=False,
+                                                     output_loading_info=True)
     except OSError as err:
         raise ModelError(f"model {name}: not a checkpoint folder nor a hub id in the local cache (offline): {err}") from err
+    except pickle.UnpicklingError as err:  # a .bin that holds more than tensors: torch.load(weights_only=True) refuses it
+        raise ModelError(f"model {name}: its weights file holds objects other than tensors, which are never "
+                         f"unpickled here: {err}") from err
+    dropped = info.get("unexpected_keys") or []
+    if dropped:  # a pre-training checkpoint: its quantiser and projections have no use in a CTC model
+        parts = sorted({key.split(".")[0] for key in dropped})
+        log.info("model %s: %d weights that a CTC model has no use for were dropped (%s)", name, len(dropped), ", ".join(parts))
+    return model
 
 
 def load_trained(model_dir: Path) -> tuple[Wav2Vec2ForCTC, Wav2Vec2Processor]:
@@ -142,7 +200,7 @@ def checkpoint_files(name: str) -> list[Path]:
     if name == TINY:
         return []
     folder = _checkpoint_folder(name)
-    return sorted(p for pattern in _WEIGHT_PATTERNS for p in folder.glob(pattern))
+    return sorted(p for pattern in _START_FILES for p in folder.glob(pattern))
 
 
 def _checkpoint_folder(name: str) -> Path:
@@ -166,7 +224,8 @@ def save_model(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, out_dir: Pat
 
 
 def apply_training_config(model: Wav2Vec2ForCTC, params: TrainParams) -> None:
-    """Set dropout, layerdrop and SpecAugment time masking for a run, in the config and in the built modules.
+    """Set dropout, layerdrop and SpecAugment's time and feature masking for a run, in the config and in the built
+    modules (a checkpoint's own values never stay on unasked).
 
     `params.dropout` applies to every dropout of the model (hidden, activation, attention, feature
     projection, final). The modules of a loaded checkpoint were built with its old values, so each
@@ -176,7 +235,8 @@ def apply_training_config(model: Wav2Vec2ForCTC, params: TrainParams) -> None:
     """
     dropout_keys = ("hidden_dropout", "activation_dropout", "attention_dropout", "feat_proj_dropout", "final_dropout")
     model.config.update({key: params.dropout for key in dropout_keys})
-    model.config.update({"layerdrop": params.layerdrop, "mask_time_prob": params.mask_time_prob})
+    model.config.update({"layerdrop": params.layerdrop, "mask_time_prob": params.mask_time_prob,
+                         "mask_feature_prob": params.mask_feature_prob})
     for name, module in model.named_modules():
         if ".lora_dropout." in f".{name}.":  # LoRA's own dropout is adapt.lora.dropout, set by peft
             continue
@@ -186,7 +246,7 @@ def apply_training_config(model: Wav2Vec2ForCTC, params: TrainParams) -> None:
             module.dropout = params.dropout
     # Wav2Vec2Model has a mask embedding only when its config masks: match that, so that the saved model
     # loads back without a missing or unexpected key
-    base, masking = model.wav2vec2, params.mask_time_prob > 0 or model.config.mask_feature_prob > 0
+    base, masking = model.wav2vec2, params.mask_time_prob > 0 or params.mask_feature_prob > 0
     if masking and not hasattr(base, "masked_spec_embed"):
         base.masked_spec_embed = nn.Parameter(torch.empty(model.config.hidden_size).uniform_())  # as __init__ does
     elif not masking and hasattr(base, "masked_spec_embed"):

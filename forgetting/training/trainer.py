@@ -28,6 +28,7 @@ from forgetting.schema import TrainParams
 from forgetting.training.batching import CTCCollator, Split, UtteranceDataset
 from forgetting.training.ctc_trainer import CTCTrainer
 from forgetting.training.decoding import eval_batch_size
+from forgetting.training.distributed import check_one_gpu_per_process
 from forgetting.training.live import DVCLiveCurves, log_key, restore_curves
 from forgetting.training.model import apply_training_config, save_model
 from forgetting.training.regulariser import Regulariser
@@ -80,8 +81,8 @@ def logging_steps(eval_steps: int) -> int:
 def _training_arguments(params: TrainParams, stage: str, run_dir: Path, model: Wav2Vec2ForCTC, keep: str,
                         first_dev: str) -> TrainingArguments:
     gpu = torch.cuda.is_available()
-    if (params.fp16 or params.bf16) and not gpu:
-        log.warning("%s: fp16/bf16 requested but no GPU: training in float32 on the CPU", stage)
+    if params.fp16 and not gpu:  # bf16 autocast runs on the CPU too; fp16's loss scaling is for GPUs
+        log.warning("%s: fp16 requested but no GPU: training in float32 on the CPU", stage)
     args = TrainingArguments(
         output_dir=str(run_dir),
         learning_rate=params.lr,
@@ -93,7 +94,7 @@ def _training_arguments(params: TrainParams, stage: str, run_dir: Path, model: W
         weight_decay=params.weight_decay,
         max_grad_norm=params.max_grad_norm,
         fp16=params.fp16 and gpu,
-        bf16=params.bf16 and gpu,
+        bf16=params.bf16,
         eval_strategy="steps", eval_steps=params.eval_steps,
         save_strategy="steps", save_steps=params.eval_steps, save_total_limit=params.save_total_limit,
         # the best checkpoint is tracked in every mode (early stopping needs it); it is kept unless keep is "last"
@@ -109,15 +110,16 @@ def _training_arguments(params: TrainParams, stage: str, run_dir: Path, model: W
         label_names=["labels"],
         report_to="none",  # the dvclive callback is added explicitly, with dvcyaml=False
         seed=params.seed, data_seed=params.seed,
-        # LayerDrop skips layers, and time masking uses its mask embedding only when it masks: under
-        # DistributedDataParallel such parameters may get no gradient in a step, which DDP must be told
-        ddp_find_unused_parameters=params.layerdrop > 0 or params.mask_time_prob > 0,
+        # LayerDrop skips layers, and the mask embedding (there when either masking is on) is used only when time
+        # masking masks: under DistributedDataParallel such parameters may get no gradient in a step, as DDP must know
+        ddp_find_unused_parameters=params.layerdrop > 0 or params.mask_time_prob > 0 or params.mask_feature_prob > 0,
         # Under torchrun without a GPU, accelerate sets up DistributedDataParallel (gloo) only when told to use the
         # CPU: otherwise every process trains alone on the whole batch and writes the outputs as process 0
         use_cpu=not gpu,
     )
-    # the effective batch is what convergence depends on: batch x accumulation x devices (processes x GPUs each)
-    args.gradient_accumulation_steps = params.grad_accum_steps(args.world_size * max(args.n_gpu, 1), stage)
+    check_one_gpu_per_process(args.n_gpu, stage)
+    # the effective batch is what convergence depends on: batch x accumulation x processes (one device each)
+    args.gradient_accumulation_steps = params.grad_accum_steps(args.world_size, stage)
     return args
 
 

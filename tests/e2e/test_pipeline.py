@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from forgetting.demo.synth import write_demo_corpus
 from tests.e2e.micro import commit, dvc, make_repo, run, set_key, stages_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # the slowest takes about 130 s here
@@ -223,3 +224,14 @@ def set_params(repo: Path, dotted: str, value: object) -> None:
     raw = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
     set_key(raw, dotted, value)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def test_a_language_folder_with_validated_tsv_alone_runs_its_grouped_sample_stage(tmp_path):
+    """A corpus prepared in the Common Voice layout with no release splits: `sample@nl` depends on validated.tsv
+    alone, so DVC runs it (a dependency on the missing train/dev/test.tsv would stop it before it starts)."""
+    write_demo_corpus(tmp_path / "corpus", "nl", clips=48, speakers=12, seed=0)
+    for name in ("train", "dev", "test"):
+        (tmp_path / "corpus" / "nl" / f"{name}.tsv").unlink()
+    repo = make_repo(tmp_path / "repo", {"data.common_voice.nl.path": str(tmp_path / "corpus" / "nl")})
+    assert stages_run(dvc(repo, "repro", "sample@nl")) == {"sample@nl"}
+    assert read_json(repo / "reports/sample/nl.json")["splits_from"] == "grouped"

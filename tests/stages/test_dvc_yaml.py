@@ -87,6 +87,7 @@ def test_foreach_stages_loop_over_the_languages():
     assert tuple(DVC_YAML["stages"]["validate"]["foreach"]) == LANGUAGES
     # a language's sample stage is the one of its source: its params group, which holds every language once
     assert DVC_YAML["stages"]["sample"]["foreach"] == "${data.common_voice}"
+    assert DVC_YAML["stages"]["sample_official"]["foreach"] == "${data.common_voice_official}"
     assert DVC_YAML["stages"]["sample_hf"]["foreach"] == "${data.datasets}"
 
 

@@ -99,8 +99,9 @@ def test_official_splits_are_the_release_files_filtered_with_their_overlap_repor
                                     metadata_row("spk8", "e1.mp3", "Negen", segment="Benchmark")])
 
     def official(p: dict) -> None:
-        p["data"]["common_voice"]["nl"].update(path=str(corpus))
-        p["sample"]["nl"].update(splits="official", n=30)
+        del p["data"]["common_voice"]["nl"]
+        p["data"]["common_voice_official"]["nl"] = {"path": str(corpus)}
+        p["sample"]["nl"].update(n=30)
     params_in(Path.cwd(), official)
     counts = run(sample, monkeypatch)
     assert counts["splits_from"] == "official"
@@ -154,9 +155,9 @@ def test_a_dataset_saved_by_datasets_runs_through_sample_and_validate(dataset, m
         del p["data"]["common_voice"]["nl"]
         p["data"]["datasets"]["nl"] = {"path": str(dataset), "clips": "clips/nl", "audio": "audio", "sentence": "text",
                                        "client_id": "speaker",
-                                       "split_names": {"train": "train", "dev": "validation", "test": "test"}}
+                                       "split_names": {"train": "train", "dev": "validation", "test": "test"},
+                                       "splits": how}
         p["sample"].update(split_tolerance=0.5, max_speaker_share=1.0)
-        p["sample"]["nl"].update(splits=how)
         p["validate"].update(workers=1, max_reject_fraction=0.0, min_seconds=0.5)
     params_in(Path.cwd(), from_dataset)
     counts = run(sample_hf, monkeypatch)

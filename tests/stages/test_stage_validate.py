@@ -91,7 +91,7 @@ def test_too_many_rejects_fail_loudly_and_leave_nothing_complete(repo, monkeypat
 
 def test_a_wrong_corpus_path_names_the_missing_clips_folder(repo, monkeypatch):
     (repo / "corpus" / "nl" / "clips").rename(repo / "corpus" / "nl" / "elsewhere")
-    with pytest.raises(SystemExit, match=r"validate nl: no clips folder corpus/nl/clips \(see data.common_voice"):
+    with pytest.raises(SystemExit, match=r"validate nl: no clips folder corpus/nl/clips \(see params.yaml data.common_voice"):
         run_stage(monkeypatch)
 
 

@@ -17,6 +17,15 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
 
+def test_a_text_that_cannot_be_written_leaves_the_old_file_whole(tmp_path):
+    target = tmp_path / "summary.txt"
+    atomic_write_text(target, "old")
+    with pytest.raises(UnicodeEncodeError):
+        atomic_write_text(target, "half written, then \ud800")  # a lone surrogate fails half-way through encoding
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.txt"]
+
+
 def test_the_temporary_keeps_the_suffix_so_writers_guess_the_format(tmp_path):
     with atomic_path(tmp_path / "sub" / "figure.png") as tmp:
         assert tmp.suffix == ".png" and tmp.parent == tmp_path / "sub" and tmp.name != "figure.png"

@@ -25,7 +25,7 @@ def test_common_voice_layout():
 
 def test_a_dataset_source_reads_the_clips_its_sample_stage_wrote():
     source = DatasetSource("/data/fleurs_nl", "data/clips/nl", "audio", "transcription", None,
-                           {"train": "train", "dev": "validation", "test": "test"})
+                           {"train": "train", "dev": "validation", "test": "test"}, "official")
     assert clips_dir(source) == Path("data/clips/nl")
 
 

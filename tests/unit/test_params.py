@@ -69,9 +69,13 @@ def test_float_written_by_dvc_exp_run_is_accepted():
     ("data.common_voice.nl", ..., "data.common_voice: language 'nl' must be in exactly one of"),
     ("data.common_voice.fr", {"path": "cv/fr"}, "data.common_voice.fr: not a language of the pipeline"),
     ("data.datasets", {"nl": {"path": "x", "clips": "c", "audio": "audio", "sentence": "text", "client_id": None,
-                              "split_names": {"train": "train", "dev": "validation", "test": "test"}}},
-     "data.common_voice: language 'nl' must be in exactly one of data.common_voice and data.datasets, is in"),
-    ("sample.nl.splits", "release", "sample.nl.splits: must be one of ['grouped', 'official']"),
+                              "split_names": {"train": "train", "dev": "validation", "test": "test"}, "splits": "grouped"}},
+     "data.common_voice: language 'nl' must be in exactly one of data.common_voice, data.common_voice_official, "
+     "data.datasets, is in"),
+    ("data.common_voice_official", {"nl": {"path": "cv/nl"}}, "data.common_voice: language 'nl' must be in exactly one"),
+    ("data.datasets", {"de": {"path": "x", "clips": "c", "audio": "audio", "sentence": "text", "client_id": None,
+                              "split_names": {"train": "train", "dev": "validation", "test": "test"}, "splits": "release"}},
+     "data.datasets.de.splits: must be one of ['grouped', 'official']"),
     ("sample.max_speaker_share", 0.0, "sample.max_speaker_share: must be in (0, 1]"),
     ("validate.max_seconds", 0.5, "validate.max_seconds: must exceed min_seconds"),
     ("demo.speakers", 1, "demo.speakers: must be >= 3"),
@@ -92,10 +96,12 @@ def test_error_names_the_file(tmp_path):
 
 def test_a_dataset_source_is_typed_and_checked():
     source = {"path": "/data/fleurs_nl", "clips": "data/clips/nl", "audio": "audio", "sentence": "transcription",
-              "client_id": None, "split_names": {"train": "train", "dev": "validation", "test": "test"}}
+              "client_id": None, "split_names": {"train": "train", "dev": "validation", "test": "test"},
+              "splits": "official"}
     raw = with_change("data.common_voice.nl", ...)
     params = parse_params(with_change("data.datasets", {"nl": source}, raw))
     assert params.data.source("nl").clips == "data/clips/nl" and params.data.source("de").path == "data/demo/de"
+    assert (params.data.splits("nl"), params.data.splits("de")) == ("official", "grouped")
     with pytest.raises(ParamsError, match=r"data\.datasets\.nl\.split_names: must map each of \['train', 'dev', 'test'\]"):
         parse_params(with_change("data.datasets", {"nl": {**source, "split_names": {"train": "train"}}}, raw))
 

@@ -94,7 +94,7 @@ def stored(audio, tmp_path_factory) -> dict[str, Path]:
 
 def source(path: Path, **changes) -> DatasetSource:
     fields = {"path": path, "clips": path.parent / "clips", "audio": "audio", "sentence": "transcription",
-              "client_id": "speaker_id", "split_names": SPLITS} | changes
+              "client_id": "speaker_id", "split_names": SPLITS, "splits": "grouped"} | changes
     return DatasetSource(**fields)
 
 
@@ -266,7 +266,7 @@ from forgetting.data.hf_dataset import DatasetSource, read_rows, write_clips
 peaks = {}
 for root in sys.argv[1:]:
     src = DatasetSource(path=Path(root), clips=Path(root + "_clips"), audio="audio", sentence="transcription",
-                        client_id="speaker_id", split_names={"train": "train"})
+                        client_id="speaker_id", split_names={"train": "train"}, splits="grouped")
     read_rows(src)  # the modules and caches `datasets` sets up on first use are not the dataset
     tracemalloc.start()
     rows = read_rows(src)["train"]

@@ -8,9 +8,11 @@ accumulation 1 and 2; with LayerDrop too), the processes hold the same weights, 
 sharded importance equals the unsharded one, and only process 0 writes the outputs.
 """
 
+import contextlib
 import copy
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +26,7 @@ from forgetting.data.audio import TARGET_SR
 from forgetting.data.corpus import write_split_tsv
 from forgetting.methods.importance import load_importance
 from forgetting.training.batching import LengthGroupedEpochSampler
+from forgetting.training.distributed import DeviceError, check_one_gpu_per_process
 from forgetting.training.model import save_model
 from tests.ddp.worker import PARAMS, AdaptRun, CorpusFiles, adapt, initial_model, run_importance_stage
 from tests.e2e.micro import set_key
@@ -95,6 +98,35 @@ def two(files) -> Path:
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-5000:]}\n{done.stderr[-10000:]}")
     return root / "two"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_nodes(files) -> Path:
+    """One adapt case on two "machines": two torchrun launches of one process each, meeting through torchrun's c10d
+    rendezvous on 127.0.0.1, as docs/gpu.md tells users to run on two nodes; the folder that holds it."""
+    root, corpus_files, model_dir = files
+    name = "ewc_accumulation_1"
+    plan = {"corpus": corpus_files.__dict__, "model": str(model_dir),
+            "adapt": [adapt_run(root / "nodes", name, PROCESSES).__dict__], "importance": []}
+    (root / "nodes-plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
+               f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=forgetting-test", "-m", "tests.ddp.worker",
+               str(root / "nodes-plan.json")]
+    logs = [root / f"node{i}.log" for i in range(2)]
+    with contextlib.ExitStack() as files_open:
+        nodes = [subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                  stdout=files_open.enter_context(log.open("w")), stderr=subprocess.STDOUT) for log in logs]
+        codes = [node.wait(timeout=600) for node in nodes]
+    if any(codes):
+        raise AssertionError("\n".join(f"node {i} ({code}):\n{log.read_text()[-5000:]}"
+                                       for i, (code, log) in enumerate(zip(codes, logs, strict=True))))
+    return root / "nodes"
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +247,17 @@ def test_only_process_0_writes_the_outputs(two):
         assert writes[1] == [], f"importance ({case}): process 1 wrote {writes[1]}"
         renamed = [w[2] for w in writes[0] if w[0] == "os.rename"]
         assert renamed.count(str(two / case / "out" / "importance.safetensors")) == 1
+
+
+def test_one_process_that_sees_several_gpus_is_refused_naming_what_to_set():
+    check_one_gpu_per_process(0, "adapt")  # the CPU
+    check_one_gpu_per_process(1, "adapt")
+    with pytest.raises(DeviceError, match=r"^adapt: 4 GPUs are visible to one process; set resources.nproc_per_node: 4 "
+                                          r"to train on all of them \(one process per GPU\), or CUDA_VISIBLE_DEVICES=0"):
+        check_one_gpu_per_process(4, "adapt")
+
+
+def test_two_machines_through_the_c10d_rendezvous_take_the_step_of_one_process(one, two_nodes):
+    name = "ewc_accumulation_1"
+    assert_same_gradients(steps(one / name), steps(two_nodes / name))
+    assert identical(load_file(two_nodes / name / "rank0.safetensors"), load_file(two_nodes / name / "rank1.safetensors"))

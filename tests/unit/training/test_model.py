@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from forgetting.training.model import (
     load_trained,
     save_model,
 )
+from tests.unit.checkpoints import GERMAN, german_ctc_replica, xls_r_replica
 from tests.unit.tiny import SENTENCES, audio_batch, write_vocab
 
 
@@ -52,7 +54,8 @@ def test_saved_model_loads_with_identical_logits(params, processor, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(values, attention_mask=mask).logits, loaded(values, attention_mask=mask).logits)
     assert loaded_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
-    assert [p.name for p in checkpoint_files(str(tmp_path / "model"))] == ["config.json", "model.safetensors", "vocab.json"]
+    assert [p.name for p in checkpoint_files(str(tmp_path / "model"))] == ["config.json", "model.safetensors",
+                                                                          "tokenizer_config.json", "vocab.json"]
     assert checkpoint_files("tiny") == []
 
 
@@ -62,7 +65,8 @@ def test_checkpoint_with_another_vocabulary_gets_a_fresh_head(params, processor,
     save_model(start, other, tmp_path / "start")
     start_config = json.loads((tmp_path / "start" / "config.json").read_text(encoding="utf-8"))
     (tmp_path / "start" / "config.json").write_text(json.dumps({**start_config, "ctc_loss_reduction": "sum"}))
-    model = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), processor.tokenizer.get_vocab(), seed=0)
+    model = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start"), head="fresh"),
+                        processor.tokenizer.get_vocab(), seed=0)
     assert model.lm_head.out_features == model.config.vocab_size == len(processor.tokenizer) != 6
     assert (model.config.pad_token_id, model.config.ctc_loss_reduction, model.config.ctc_zero_infinity) == (0, "mean", True)
     assert 0 < model.lm_head.weight.std() < 0.1  # initialised, not empty
@@ -70,7 +74,7 @@ def test_checkpoint_with_another_vocabulary_gets_a_fresh_head(params, processor,
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in body.items())  # the rest is the checkpoint's
 
 
-def test_a_head_for_other_characters_of_the_same_number_is_replaced(params, processor, tmp_path):
+def test_a_head_for_other_characters_of_the_same_number_is_refitted(params, processor, tmp_path):
     vocab = processor.tokenizer.get_vocab()
     letters = [t for t in vocab if len(t) == 1 and t != "|"]
     swapped = {**vocab, letters[0]: vocab[letters[1]], letters[1]: vocab[letters[0]]}  # same size, two ids swapped
@@ -78,9 +82,12 @@ def test_a_head_for_other_characters_of_the_same_number_is_replaced(params, proc
     other = build_processor(tmp_path / "swapped.json")
     start = build_model(params.model, other.tokenizer.get_vocab(), seed=1)
     save_model(start, other, tmp_path / "start")
-    model = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), vocab, seed=0)
+    model = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start"), head="fresh"), vocab, seed=0)
     assert model.lm_head.out_features == len(vocab)
     assert not torch.equal(model.lm_head.weight, start.lm_head.weight)  # a fresh head, not the swapped one
+    by_token = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start"), head="by_token"), vocab, seed=0)
+    assert torch.equal(by_token.lm_head.weight[vocab[letters[0]]], start.lm_head.weight[swapped[letters[0]]])
+    assert torch.equal(by_token.lm_head.weight, start.lm_head.weight[[swapped[t] for t in sorted(vocab, key=vocab.get)]])
     kept = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), swapped, seed=0)
     assert torch.equal(kept.lm_head.weight, start.lm_head.weight)  # its own vocabulary: the head stays
 
@@ -155,6 +162,26 @@ def test_model_trained_without_masking_reloads_key_for_key(params, processor, tm
     assert loaded.state_dict().keys() == model.state_dict().keys()
 
 
+def test_a_checkpoints_own_feature_masking_is_replaced_by_the_param(params, processor, tmp_path):
+    config = {**params.model.config, "mask_time_prob": 0.0, "mask_feature_prob": 0.3, "mask_feature_length": 2}
+    start = build_model(dataclasses.replace(params.model, config=config), processor.tokenizer.get_vocab(), seed=0)
+    save_model(start, processor, tmp_path / "start")
+    loaded = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), processor.tokenizer.get_vocab(), seed=0)
+    assert loaded.config.mask_feature_prob == 0.3
+    apply_training_config(loaded, train_params(params, mask_time_prob=0.0, mask_feature_prob=0.0))
+    assert loaded.config.mask_feature_prob == 0.0 and not hasattr(loaded.wav2vec2, "masked_spec_embed")
+    values, mask = audio_batch()
+    loaded.train()
+    with torch.no_grad():
+        first, second = (loaded(values, attention_mask=mask).logits for _ in range(2))
+    assert torch.equal(first, second)  # no masking left on: training forward passes are the same
+    apply_training_config(loaded, train_params(params, mask_time_prob=0.0, mask_feature_prob=0.5))
+    assert loaded.config.mask_feature_prob == 0.5
+    with torch.no_grad():
+        first, second = (loaded(values, attention_mask=mask).logits for _ in range(2))
+    assert not torch.equal(first, second)
+
+
 def test_time_masking_on_a_checkpoint_built_without_it(params, processor, tmp_path):
     start = build_model(dataclasses.replace(params.model, config={**params.model.config, "mask_time_prob": 0.0}),
                         processor.tokenizer.get_vocab(), seed=0)
@@ -176,3 +203,57 @@ def test_freeze_feature_encoder(params, processor):
     apply_training_config(model, train_params(params, freeze_feature_encoder=True))
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     assert frozen and all(name.startswith("wav2vec2.feature_extractor.") for name in frozen)
+
+
+def test_a_pre_training_checkpoint_loads_with_its_quantiser_dropped_in_one_line(params, processor, tmp_path, caplog):
+    replica = xls_r_replica(tmp_path / "xls-r")
+    vocab = processor.tokenizer.get_vocab()
+    with caplog.at_level(logging.INFO, logger="forgetting.training.model"):
+        model = build_model(dataclasses.replace(params.model, name=str(tmp_path / "xls-r")), vocab, seed=0)
+    pre_training_only = [k for k in replica.state_dict() if not k.startswith("wav2vec2.")]
+    assert {k.split(".")[0] for k in pre_training_only} == {"quantizer", "project_q", "project_hid"}
+    (dropped,) = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert f": {len(pre_training_only)} weights that a CTC model has no use for were dropped (project_hid, project_q, " \
+           "quantizer)" in dropped
+    (fitted,) = [r.getMessage() for r in caplog.records if "CTC head fitted" in r.getMessage()]
+    assert f"0 of its {len(vocab)} outputs kept" in fitted and "no vocab.json" in fitted
+    assert model.lm_head.out_features == len(vocab)
+    body = replica.wav2vec2.state_dict()
+    assert all(torch.equal(v, body[k]) for k, v in model.wav2vec2.state_dict().items())  # the encoder is XLS-R's
+
+
+def test_a_head_for_other_characters_keeps_the_rows_of_the_shared_ones(params, processor, tmp_path, caplog):
+    german = german_ctc_replica(tmp_path / "de")
+    vocab = processor.tokenizer.get_vocab()  # Dutch and German letters, [PAD] the blank, [UNK], |
+    theirs = {t: i for i, t in enumerate(GERMAN)}
+    names = {"[PAD]": "<pad>", "[UNK]": "<unk>"}  # the word delimiter is | in both
+    shared = {t for t in vocab if names.get(t, t) in theirs}
+    assert {"[PAD]", "[UNK]", "|", "a", "ß"} <= shared and shared < set(vocab)  # é, ë, ï ... are new
+    with caplog.at_level(logging.WARNING, logger="forgetting.training.model"):
+        model = build_model(dataclasses.replace(params.model, name=str(tmp_path / "de"), head="by_token"), vocab, seed=0)
+    assert f"{len(shared)} of its {len(vocab)} outputs kept from the checkpoint's head, {len(vocab) - len(shared)} new" \
+        in caplog.text
+    for token, row in vocab.items():
+        same = torch.equal(model.lm_head.weight[row], german.lm_head.weight[theirs.get(names.get(token, token), 0)])
+        assert same == (token in shared), token
+        if token in shared:
+            assert model.lm_head.bias[row] == german.lm_head.bias[theirs[names.get(token, token)]], token
+    fresh = build_model(dataclasses.replace(params.model, name=str(tmp_path / "de"), head="fresh"), vocab, seed=0)
+    assert not any(torch.equal(fresh.lm_head.weight[vocab[t]], german.lm_head.weight[theirs[names.get(t, t)]])
+                   for t in shared)
+
+
+def test_a_bin_that_holds_more_than_tensors_is_refused_unopened(params, processor, tmp_path, capsys):
+    german_ctc_replica(tmp_path / "de")
+    weights = tmp_path / "de" / "pytorch_model.bin"
+    torch.save({**torch.load(weights, weights_only=True), "payload": Payload()}, weights)
+    with pytest.raises(ModelError, match=r"its weights file holds objects other than tensors, which are never unpickled"):
+        build_model(dataclasses.replace(params.model, name=str(tmp_path / "de")), processor.tokenizer.get_vocab(), seed=0)
+    assert "unpickled!" not in capsys.readouterr().out
+
+
+class Payload:
+    """What a malicious .bin holds: an object whose unpickling runs a call."""
+
+    def __reduce__(self):
+        return print, ("unpickled!",)

@@ -1,6 +1,7 @@
 """The run key and checkpoint discovery: what defines a run, and which checkpoint a run resumes."""
 
 import dataclasses
+import importlib
 import json
 import logging
 import shutil
@@ -121,6 +122,8 @@ def test_another_param_gives_another_stage_run_key(tmp_path, stage, section, cha
 
 
 def test_code_files_are_the_loaded_project_modules():
+    importlib.import_module("stages.adapt")  # a stage module is code the run executes, like the library
     files = {p.relative_to(PROJECT_ROOT).as_posix() for p in code_files()}
+    assert "stages/adapt.py" in files
     assert {"forgetting/training/resume.py", "forgetting/params.py", "forgetting/io.py"} <= files
     assert all(f.startswith(("forgetting/", "stages/")) for f in files)  # not the tests, not site-packages

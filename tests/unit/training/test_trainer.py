@@ -23,6 +23,7 @@ from forgetting.training.regulariser import Regulariser
 from forgetting.training.resume import last_checkpoint
 from forgetting.training.step_guards import NonFiniteStepsError, OutOfMemoryError
 from forgetting.training.trainer import TIMINGS_FILE, logging_steps, train_ctc
+from tests.unit.checkpoints import german_ctc_replica, xls_r_replica
 
 ROOT = Path(__file__).resolve().parents[3]
 PARAMS = load_params(ROOT / "params.yaml")
@@ -270,6 +271,38 @@ def test_a_non_finite_step_is_skipped_counted_and_named(corpus, tmp_path, caplog
     assert message.startswith("step 4 skipped") and {c for c in clips if c in message}  # its clips, by name
 
 
+def test_the_skipped_steps_survive_a_resume(corpus, tmp_path):
+    params = dataclasses.replace(MICRO, max_skipped_fraction=0.2)
+    not_finite, kill = poison({2}, "loss"), interrupt_at(4)
+
+    def term(model: torch.nn.Module) -> torch.Tensor:  # step 2 is not finite; killed in step 4, after checkpoint 3
+        kill(model)
+        return not_finite(model)
+    with pytest.raises(Interrupted):
+        run(corpus, tmp_path, params, regulariser=term)
+    result, _ = run(corpus, tmp_path, params)
+    assert result.resumed_from_step == 3 and result.skipped_steps == (2,)
+    assert json.loads((tmp_path / "reports" / "metrics.json").read_text())["skipped_steps"] == 1
+
+
+class GradientNorm(TrainerCallback):
+    """The norm of the gradient the optimiser steps with (after clipping), per optimiser step."""
+
+    def __init__(self):
+        self.norms: list[float] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+
+def test_the_penalty_gradient_is_clipped_with_the_ctc_gradient(corpus, tmp_path):
+    watch = GradientNorm()
+    run(corpus, tmp_path, ewc=lambda model: EWCPenalty(model, None, lam=1e4), callbacks=[watch])
+    assert len(watch.norms) == MICRO.max_steps
+    assert max(watch.norms) <= MICRO.max_grad_norm * (1 + 1e-5)  # the penalty's part (huge from step 2) included
+
+
 def test_too_many_non_finite_steps_stop_the_run_naming_the_bound(corpus, tmp_path):
     params = dataclasses.replace(MICRO, max_skipped_fraction=0.2)
     with pytest.raises(NonFiniteStepsError, match=r"2 of 6 optimiser steps skipped .*steps \[2, 4\]\), more than "
@@ -390,3 +423,15 @@ def test_each_keep_rule_keeps_its_step_and_the_source_dev_split_gives_the_forget
         hypotheses = transcribe(model, processor, utterances, corpus.clips_dir, batch_size=4, progress=False)
         cer = jiwer.cer([u.text for u in utterances], hypotheses)
         assert cer == pytest.approx(result.dev[lang]["cer"]) == pytest.approx(curve(reports, f"eval/{lang}_cer")[expected])
+
+
+@pytest.mark.parametrize("replica", [xls_r_replica, german_ctc_replica], ids=["xls-r", "german-ctc-bin-with-lm"])
+def test_a_published_checkpoint_layout_trains_through_model_name(corpus, tmp_path, replica):
+    replica(tmp_path / "start")
+    processor = build_processor(corpus.vocab)
+    start = dataclasses.replace(PARAMS.model, name=str(tmp_path / "start"))
+    model = build_model(start, processor.tokenizer.get_vocab(), seed=0)
+    result, weights = run(corpus, tmp_path / "run", dataclasses.replace(MICRO, max_steps=3), model=model)
+    assert result.steps == 3 and all(torch.isfinite(w).all() for w in weights.values())
+    trained, _ = load_trained(tmp_path / "run" / "model")  # written in our layout (safetensors), reloaded as ours
+    assert trained.lm_head.out_features == len(processor.tokenizer)
