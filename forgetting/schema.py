@@ -67,8 +67,8 @@ GROUPS = ("common_voice", "common_voice_official", "datasets")
 class DataParams:
     """Where each language comes from, and whose splits it uses: every language of the pipeline in exactly one group.
     dvc.yaml runs stage `sample` for each `common_voice` language (splits drawn from `validated.tsv`: it depends on
-    that file alone), `sample_official` for each `common_voice_official` one (the release's `train/dev/test.tsv`:
-    it depends on all four) and `sample_hf` for each dataset language."""
+    that file alone), `sample_official` for each `common_voice_official` one (the release's `train/dev/test.tsv`, the
+    three files it depends on) and `sample_hf` for each dataset language."""
 
     common_voice: dict[str, CommonVoiceSource]
     common_voice_official: dict[str, CommonVoiceSource]
@@ -86,7 +86,10 @@ class DataParams:
 
     def group(self, lang: str) -> str:
         """The group `lang` is in (`common_voice`, `common_voice_official`, `datasets`)."""
-        return next(group for group in GROUPS if lang in getattr(self, group))
+        for group in GROUPS:
+            if lang in getattr(self, group):
+                return group
+        raise ParamsError(f"data: language {lang!r} is in none of {', '.join(f'data.{g}' for g in GROUPS)}")
 
     def source(self, lang: str) -> CommonVoiceSource | DatasetSource:
         """The source of `lang`."""

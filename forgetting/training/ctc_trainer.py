@@ -28,7 +28,7 @@ from forgetting.training.batching import LengthGroupedEpochSampler, ReplaySample
 from forgetting.training.decoding import blank_padding_frames, greedy_decode
 from forgetting.training.live import log_key
 from forgetting.training.regulariser import Regulariser
-from forgetting.training.step_guards import OutOfMemoryError, SkippedSteps
+from forgetting.training.step_guards import OutOfMemoryError, SkippedSteps, check_loss_scale
 
 log = logging.getLogger("forgetting.training.trainer")  # the training core's log: these are its messages
 
@@ -158,8 +158,8 @@ class CTCTrainer(Trainer):
         Trainer does not step the learning-rate schedule), and accelerate's one `update` backs the scale off."""
         optimizer = self.optimizer.optimizer  # the torch optimiser inside accelerate's wrapper
         state = scaler._per_optimizer_states[id(optimizer)]
-        if state["stage"] is OptState.READY:  # not unscaled for clipping (max_grad_norm 0): record its inf checks now
-            scaler.unscale_(optimizer)
+        if state["stage"] is OptState.READY:  # transformers 5.24 unscales in every case (its grad norm with max_norm
+            scaler.unscale_(optimizer)  # inf when not clipping); should that change, a skip must still find its record
         for found_inf in state["found_inf_per_device"].values():
             found_inf.fill_(1.0)
 
@@ -185,7 +185,8 @@ class CTCTrainer(Trainer):
         micro-batches (CTC + regularisers) or the gradient (the penalty's included) is not finite, on any process. A
         skipped step leaves the weights, the optimiser state and the learning-rate schedule as they were, is counted
         and names its clips. In fp16 a non-finite gradient is the loss scaler's routine overflow: the scaler skips that
-        step and lowers its scale itself, and it is not counted."""
+        step and lowers its scale itself, and it is not counted; a scale that collapses stops the run
+        (`check_loss_scale`)."""
         if grad_norm is None:  # no clipping (max_grad_norm 0): the regularisers' gradients go in here
             self._add_regulariser_gradients(model)
         grad_norm = super()._get_grad_norm(model, grad_norm)
@@ -202,6 +203,8 @@ class CTCTrainer(Trainer):
         if self._skip:
             self._skipped_steps().record(self.state.global_step + 1, self._step_paths, self.max_skipped_fraction,
                                          self.state.max_steps)
+        if self._scaler() is not None:  # the scaler's own overflows are not counted, but they must not go on for ever
+            check_loss_scale(self._scaler().get_scale(), self.state.global_step + 1, self._step_paths)
         self._bad_loss, self._step_paths, self._micro_batches_in_step = None, [], 0
         return grad_norm
 

@@ -22,12 +22,12 @@ class DeviceError(InputError):
     """Devices a stage will not run on as they are set up; the message says what to set."""
 
 
-def check_one_gpu_per_process(gpus: int, stage: str) -> None:
+def check_one_gpu_per_process(gpus: int) -> None:
     """Refuse a process that sees several GPUs: the Trainer would wrap the model in DataParallel, which replicates it
     on every step (slower than the DistributedDataParallel this project runs) and hands back one loss per GPU."""
     if gpus > 1:
-        raise DeviceError(f"{stage}: {gpus} GPUs are visible to one process; set resources.nproc_per_node: {gpus} to "
-                          f"train on all of them (one process per GPU), or CUDA_VISIBLE_DEVICES=0 to train on one")
+        raise DeviceError(f"{gpus} GPUs are visible to one process; set resources.nproc_per_node: {gpus} to train on all "
+                          f"of them (one process per GPU), or CUDA_VISIBLE_DEVICES=0 to train on one")
 
 
 def world_size() -> int:

@@ -104,7 +104,7 @@ def fit_head(old: nn.Linear, new: nn.Linear, theirs: Mapping[str, int], special:
     `theirs`) of every token both have; `special` maps our blank, unknown and word delimiter to the checkpoint's names
     for them. The other rows stay as `new` was initialised. Returns how many rows were kept."""
     rows = {ours: theirs[special.get(token, token)] for token, ours in vocab.items()
-            if special.get(token, token) in theirs and theirs[special.get(token, token)] < old.out_features}
+            if special.get(token, token) in theirs and 0 <= theirs[special.get(token, token)] < old.out_features}
     if rows:
         index_new, index_old = torch.tensor(list(rows)), torch.tensor(list(rows.values()))
         with torch.no_grad():
@@ -121,7 +121,10 @@ def _special_tokens(name: str, model: Wav2Vec2ForCTC, theirs: Mapping[str, int])
         path = folder / file
         if path.is_file():
             try:
-                names |= {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if isinstance(v, str)}
+                tokens = json.loads(path.read_text(encoding="utf-8")).items()
+                # a name, or its {"content": name, ...} form (special_tokens_map.json of newer tokenizers)
+                names |= {k: v if isinstance(v, str) else v["content"] for k, v in tokens
+                          if isinstance(v, str) or (isinstance(v, dict) and isinstance(v.get("content"), str))}
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise ModelError(f"{path}: not a tokenizer JSON ({err})") from err
     blank = next((t for t, i in theirs.items() if i == model.config.pad_token_id), names.get("pad_token", "<pad>"))
@@ -153,6 +156,8 @@ def _head_mismatch(name: str, model: Wav2Vec2ForCTC, theirs: Mapping[str, int] |
     if dict(theirs) != dict(vocab):
         other = sorted(set(theirs) ^ set(vocab)) or [t for t in vocab if theirs.get(t) != vocab[t]]
         return f"its vocab.json has the same size but other tokens or ids ({', '.join(map(repr, other[:5]))})"
+    if model.config.pad_token_id != BLANK_ID:  # the same tokens, but another output is its CTC blank
+        return f"its blank is output {model.config.pad_token_id}, ours {BLANK_ID}"
     return None
 
 
@@ -170,8 +175,9 @@ def load_model(name: str | Path) -> Wav2Vec2ForCTC:
         except SafetensorError as err:
             raise ModelError(f"{weights}: not a complete safetensors file ({err}); {REBUILD}") from err
     try:
+        # float32 whatever the checkpoint was saved in: mixed precision is autocast's, over float32 weights
         model, info = Wav2Vec2ForCTC.from_pretrained(str(name), local_files_only=True, trust_remote_code=False,
-                                                     output_loading_info=True)
+                                                     dtype=torch.float32, output_loading_info=True)
     except OSError as err:
         raise ModelError(f"model {name}: not a checkpoint folder nor a hub id in the local cache (offline): {err}") from err
     except pickle.UnpicklingError as err:  # a .bin that holds more than tensors: torch.load(weights_only=True) refuses it

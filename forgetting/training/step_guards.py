@@ -1,5 +1,6 @@
-"""The guards of an optimiser step: a step with a non-finite loss or gradient is skipped and counted, and a clip too
-long for memory even alone is named. `forgetting.training.trainer` applies them."""
+"""The guards of an optimiser step: a step with a non-finite loss or gradient is skipped and counted, an fp16 run whose
+loss scale collapses is stopped, and a clip too long for memory even alone is named. `forgetting.training.trainer`
+applies them."""
 
 from __future__ import annotations
 
@@ -37,6 +38,20 @@ class SkippedSteps(TrainerCallback, ExportableState):
                 f"{len(self.steps)} of {max_steps} optimiser steps skipped for a non-finite loss or gradient (steps "
                 f"{self.steps[:10]}), more than max_skipped_fraction = {max_fraction}; the last one's clips: "
                 f"{', '.join(paths) or '?'}")
+
+
+MIN_LOSS_SCALE = 1.0  # an fp16 loss scale backed off below this: the gradient overflows at any scale
+
+
+def check_loss_scale(scale: float, step: int, paths: Sequence[str]) -> None:
+    """Stop an fp16 run whose loss scaler has backed off below MIN_LOSS_SCALE. Its overflows are the scaler's to skip
+    and are not counted against max_skipped_fraction, but from 65536 it takes 17 overflows in a row to get there: the
+    gradient is then not finite at any scale, and the run skips every step without training."""
+    if scale < MIN_LOSS_SCALE:
+        raise NonFiniteStepsError(
+            f"step {step}: the fp16 loss scale has fallen to {scale:g}: the gradient overflows at any scale, so no step "
+            f"trains (the run diverged or its data is broken; lower the lr, or train in bf16 or fp32); this step's "
+            f"clips: {', '.join(paths) or '?'}")
 
 
 class OutOfMemoryError(InputError):

@@ -117,7 +117,7 @@ def _training_arguments(params: TrainParams, stage: str, run_dir: Path, model: W
         # CPU: otherwise every process trains alone on the whole batch and writes the outputs as process 0
         use_cpu=not gpu,
     )
-    check_one_gpu_per_process(args.n_gpu, stage)
+    check_one_gpu_per_process(args.n_gpu)
     # the effective batch is what convergence depends on: batch x accumulation x processes (one device each)
     args.gradient_accumulation_steps = params.grad_accum_steps(args.world_size, stage)
     return args

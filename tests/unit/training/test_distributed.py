@@ -250,11 +250,11 @@ def test_only_process_0_writes_the_outputs(two):
 
 
 def test_one_process_that_sees_several_gpus_is_refused_naming_what_to_set():
-    check_one_gpu_per_process(0, "adapt")  # the CPU
-    check_one_gpu_per_process(1, "adapt")
-    with pytest.raises(DeviceError, match=r"^adapt: 4 GPUs are visible to one process; set resources.nproc_per_node: 4 "
+    check_one_gpu_per_process(0)  # the CPU
+    check_one_gpu_per_process(1)
+    with pytest.raises(DeviceError, match=r"^4 GPUs are visible to one process; set resources.nproc_per_node: 4 "
                                           r"to train on all of them \(one process per GPU\), or CUDA_VISIBLE_DEVICES=0"):
-        check_one_gpu_per_process(4, "adapt")
+        check_one_gpu_per_process(4)  # the stage's exit line puts its name first: `adapt: 4 GPUs are ...`
 
 
 def test_two_machines_through_the_c10d_rendezvous_take_the_step_of_one_process(one, two_nodes):

@@ -257,3 +257,49 @@ class Payload:
 
     def __reduce__(self):
         return print, ("unpickled!",)
+
+
+def test_under_bf16_autocast_the_ctc_loss_is_float32(params, processor):
+    """Autocast runs the model's matrix products in bfloat16; the log-softmax and the CTC loss stay in float32
+    (transformers' CTC loss casts the log-probabilities), as they must: CTC sums log-probabilities over every path."""
+    model = build_model(params.model, processor.tokenizer.get_vocab(), seed=0).eval()
+    values, mask = audio_batch()
+    labels = torch.tensor([[5, 6, 7], [8, 9, -100]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(values, attention_mask=mask, labels=labels)
+    assert out.logits.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
+    with torch.no_grad():
+        full = model(values, attention_mask=mask, labels=labels)
+    assert abs(float(out.loss) - float(full.loss)) < 0.05 * float(full.loss)  # the same loss, to bf16's rounding
+
+
+def test_a_checkpoint_saved_in_half_precision_loads_in_float32(params, processor, tmp_path):
+    save_model(build_model(params.model, processor.tokenizer.get_vocab(), seed=0).half(), processor, tmp_path / "start")
+    model = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start")), processor.tokenizer.get_vocab(),
+                        seed=0)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # autocast's business, over float32 weights
+
+
+def test_our_tokens_with_another_blank_are_refitted_so_the_blank_stays_the_blank(params, processor, tmp_path, caplog):
+    vocab = processor.tokenizer.get_vocab()
+    start = build_model(params.model, vocab, seed=1)
+    start.config.pad_token_id = vocab["[UNK]"]  # the same tokens and ids, but its CTC blank is another output
+    save_model(start, processor, tmp_path / "start")
+    with caplog.at_level(logging.WARNING, logger="forgetting.training.model"):
+        model = build_model(dataclasses.replace(params.model, name=str(tmp_path / "start"), head="by_token"), vocab, seed=0)
+    assert f"its blank is output {vocab['[UNK]']}, ours 0" in caplog.text
+    assert torch.equal(model.lm_head.weight[0], start.lm_head.weight[vocab["[UNK]"]])  # our blank is its blank
+    assert model.config.pad_token_id == 0
+
+
+def test_special_tokens_in_their_content_form_are_read(params, processor, tmp_path):
+    german_ctc_replica(tmp_path / "de")
+    their_vocab = tmp_path / "de" / "vocab.json"  # its unknown token named <oov>, not the usual <unk>
+    their_vocab.write_text(their_vocab.read_text(encoding="utf-8").replace('"<unk>"', '"<oov>"'), encoding="utf-8")
+    names = tmp_path / "de" / "special_tokens_map.json"
+    names.write_text(json.dumps({"unk_token": {"content": "<oov>", "lstrip": False}, "pad_token": {"content": "<pad>"}}))
+    (tmp_path / "de" / "tokenizer_config.json").unlink()
+    vocab = processor.tokenizer.get_vocab()
+    model = build_model(dataclasses.replace(params.model, name=str(tmp_path / "de")), vocab, seed=0)
+    german = torch.load(tmp_path / "de" / "pytorch_model.bin", weights_only=True)
+    assert torch.equal(model.lm_head.weight[vocab["[UNK]"]], german["lm_head.weight"][GERMAN.index("<unk>")])
