@@ -1,7 +1,7 @@
 """What only a GPU shows, ready for when one is at hand: `python -m pytest -m gpu` (about 2 minutes on one H100;
 skipped without CUDA). Mixed-precision steps with EWC, a forced skip under fp16's real loss scaler, DDP over the
-visible GPUs (NCCL) when there are two or more, and a kill-and-resume of adapt. The same runs as the CPU tests
-(`tests/unit/training/`), on the GPU's own arithmetic."""
+visible GPUs (NCCL) when there are two or more, and a kill-and-resume of the training core that adapt runs. The same
+runs as the CPU tests (`tests/unit/training/`), on the GPU's own arithmetic."""
 
 import dataclasses
 import subprocess
@@ -49,12 +49,12 @@ def test_a_forced_skip_under_fp16_goes_through_the_real_loss_scaler(corpus, tmp_
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-def test_a_killed_fp16_adapt_resumes_to_the_uninterrupted_weights(corpus, tmp_path):
+def test_a_killed_fp16_run_resumes_to_the_uninterrupted_weights(corpus, tmp_path):
     params = precision("fp16")
-    _, whole = run(corpus, tmp_path / "whole", params, ewc=lambda m: EWCPenalty(m, None, lam=1.0))
+    _, whole = run(corpus, tmp_path / "whole", params, regulariser=interrupt_at(0))  # the same zero term, never raising
     with pytest.raises(Interrupted):
-        run(corpus, tmp_path / "killed", params, regulariser=interrupt_at(4))
-    result, resumed = run(corpus, tmp_path / "killed", params, ewc=lambda m: EWCPenalty(m, None, lam=1.0))
+        run(corpus, tmp_path / "killed", params, regulariser=interrupt_at(4))  # killed in step 4, after checkpoint 3
+    result, resumed = run(corpus, tmp_path / "killed", params, regulariser=interrupt_at(0))
     assert result.resumed_from_step == 3
     for name, weight in whole.items():
         torch.testing.assert_close(resumed[name], weight, rtol=1e-3, atol=1e-5, msg=name)
