@@ -190,21 +190,22 @@ class CTCTrainer(Trainer):
         if grad_norm is None:  # no clipping (max_grad_norm 0): the regularisers' gradients go in here
             self._add_regulariser_gradients(model)
         grad_norm = super()._get_grad_norm(model, grad_norm)
+        scaler = self._scaler()
         bad = ~torch.isfinite(torch.as_tensor(grad_norm, device=self.args.device))
-        if self._scaler() is not None:
+        if scaler is not None:
             bad = torch.zeros_like(bad)
         if self._bad_loss is not None:
             bad = bad | self._bad_loss.to(bad.device)
         # one host sync per optimiser step, as a GradScaler makes; every process takes the same decision
         self._skip = bool(self.accelerator.reduce(bad.int(), reduction="sum") > 0)
         self.optimizer._is_overflow = self._skip  # the AcceleratedOptimizer's flag: the scheduler does not step either
-        if self._skip and self._scaler() is not None:
-            self._skip_in_scaler(self._scaler())
         if self._skip:
+            if scaler is not None:
+                self._skip_in_scaler(scaler)
             self._skipped_steps().record(self.state.global_step + 1, self._step_paths, self.max_skipped_fraction,
                                          self.state.max_steps)
-        if self._scaler() is not None:  # the scaler's own overflows are not counted, but they must not go on for ever
-            check_loss_scale(self._scaler().get_scale(), self.state.global_step + 1, self._step_paths)
+        if scaler is not None:  # the scaler's own overflows are not counted, but they must not go on for ever
+            check_loss_scale(scaler.get_scale(), self.state.global_step + 1, self._step_paths)
         self._bad_loss, self._step_paths, self._micro_batches_in_step = None, [], 0
         return grad_norm
 

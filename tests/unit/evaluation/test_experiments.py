@@ -19,9 +19,6 @@ from forgetting.evaluation.experiments import (
 from forgetting.evaluation.render import ORDER_KEYS
 from tests.unit.exp_show import METRICS, RECORDS, experiment, experiment_record, groups_of
 
-RATE_KEYS = [f"{model}.{lang}.{rate}" for model in ("pretrained", "adapted") for lang in ("nl", "de") for rate in ("wer", "cer")]
-CHANGE_KEYS = [f"{kind}.{rate}" for kind in ("forgetting.nl", "learning.de") for rate in ("wer", "cer")]
-
 
 def test_parse_exp_show_skips_failed_queued_and_unreadable():
     found, notes = parse_exp_show(RECORDS, METRICS)
