@@ -20,6 +20,7 @@ library calls one by one (read, filter and sample, split, statistics, write) in 
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -127,6 +128,7 @@ def time_steps(validated: Path, params_path: Path, out: Path) -> dict:
     lang = params.sample.language(LANG)
     laps = [("start", time.perf_counter())]
     rows = read_corpus_tsv(validated)
+    gc.freeze()  # as the stage does
     laps.append(("read_corpus_tsv", time.perf_counter()))
     sample = filter_and_sample(rows, lang.alphabet, params.sample.min_up_votes, params.sample.include_segments, lang.n,
                                seed=f"{params.seed}-{LANG}")
@@ -155,13 +157,17 @@ def stage_params(rows: int, corpus: Path) -> dict:
 
 
 def baseline(rev: str, rows: int, corpus: Path, tmp: Path) -> dict:
-    """The stage of revision `rev` on `corpus`, run from a git worktree (REV's params.yaml, `data.corpus` = `corpus`)."""
+    """The stage of revision `rev` on `corpus`, run from a git worktree (REV's params.yaml, the German corpus at
+    `corpus`: `data.common_voice.de.path`, or `data.corpus` for revisions before the data sections)."""
     tree = tmp / "baseline-tree"
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev], check=True, capture_output=True)
     try:
         params = yaml.safe_load(subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:params.yaml"], check=True,
                                                capture_output=True, text=True).stdout)
-        params["data"]["corpus"] = str(corpus)
+        if "common_voice" in params["data"]:
+            params["data"]["common_voice"][LANG]["path"] = str(corpus / LANG)
+        else:
+            params["data"]["corpus"] = str(corpus)
         params["sample"][LANG]["n"] = rows
         commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], check=True, capture_output=True,
                                 text=True).stdout.strip()
@@ -196,8 +202,9 @@ def main() -> None:
         report["stage"] = run_stage(REPO, Path(tmp) / "stage", params)
         if args.baseline_rev:
             report["baseline"] = old = baseline(args.baseline_rev, args.rows, corpus, Path(tmp))
-            report["stage_over_baseline"] = {"wall": round(report["stage"]["wall_s"] / old["wall_s"], 3),
-                                             "peak_rss": round(report["stage"]["peak_rss_mb"] / old["peak_rss_mb"], 3)}
+            if old["returncode"] == 0 and report["stage"]["returncode"] == 0:
+                report["stage_over_baseline"] = {"wall": round(report["stage"]["wall_s"] / old["wall_s"], 3),
+                                                 "peak_rss": round(report["stage"]["peak_rss_mb"] / old["peak_rss_mb"], 3)}
         if args.steps:
             (Path(tmp) / "steps").mkdir()
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:

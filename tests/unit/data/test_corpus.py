@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from forgetting.data import corpus
 from forgetting.data.corpus import (
     CorpusError,
     Utterance,
@@ -229,6 +230,23 @@ def test_a_field_with_a_tab_or_line_break_is_refused_and_the_old_file_kept(tmp_p
     with pytest.raises(CorpusError, match=r"train\.tsv: c\.mp3 \(line 7 of its source\): a field holds a tab or line break"):
         write_split_tsv(path, rows)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["train.tsv"]
+
+
+def test_a_bad_field_in_a_later_chunk_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "WRITE_ROWS", 2)  # rows 1-2, 3-4, 5: the bad row is in the third chunk
+    rows = [Utterance("c", f"{i}.mp3", "Een.", "een", line=i + 2) for i in range(5)]
+    rows[4] = Utterance("c", "4.mp3", "Een\tTwee.", "een twee", line=6)
+    with pytest.raises(CorpusError, match=r"4\.mp3 \(line 6 of its source\)"):
+        write_split_tsv(tmp_path / "train.tsv", rows)
+    write_split_tsv(tmp_path / "train.tsv", rows[:4])
+    assert [u.path for u in read_split_tsv(tmp_path / "train.tsv")] == ["0.mp3", "1.mp3", "2.mp3", "3.mp3"]
+
+
+def test_a_ragged_row_after_an_empty_line_is_named_by_its_line(tmp_path):
+    path = write_tsv(tmp_path / "validated.tsv", ["client_id\tpath\tsentence\tup_votes\tdown_votes",
+                                                 "c\ta.mp3\tja\t2\t0", "", "d\tb.mp3\tnee\t2"])
+    with pytest.raises(CorpusError, match=r"validated\.tsv line 4: 4 fields, header has 5"):
+        read_corpus_tsv(path)
 
 
 def test_split_file_bytes(tmp_path):
