@@ -267,8 +267,8 @@ class StepMarks(TrainerCallback):
         self.begin[state.global_step + 1] = time.perf_counter()  # its micro-batches are loaded by now
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step in (self.first - 1, self.last) and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        if state.global_step in (self.first - 1, self.last):
+            synchronize(self.device)
         self.end[state.global_step] = time.perf_counter()
         if state.global_step == self.last and self.device.type == "cuda":
             self.peak_allocated = torch.cuda.max_memory_allocated(self.device)
@@ -415,7 +415,7 @@ def bench_fisher(base: Wav2Vec2ForCTC, adapt: AdaptParams, corpus: Corpus, proce
     utterances, longest first as the importance stage takes them: batch 1 (the loop) and `fisher_batch_size`. The
     clips are decoded beforehand: this is the model's part alone."""
     result: dict[str, Any] = dict.fromkeys(SECTION_FIELDS["fisher"])
-    chosen = choose_utterances(corpus.train.utterances, settings["fisher_utterances"], 0)
+    chosen = choose_utterances(corpus.train.utterances, settings["fisher_utterances"], settings["seed"])
     utts = [{"input_values": torch.from_numpy(item["input_values"]), "labels": torch.tensor(item["labels"])}
             for item in decoded(Split(chosen, corpus.train.clips), processor)]
     batch = settings["fisher_batch_size"]
@@ -650,7 +650,7 @@ def prepare(work: Path, params: Params, args: argparse.Namespace, sizes: dict) -
     base = build_model(model_params, processor.tokenizer.get_vocab(), params.adapt.seed)
     shaped = copy.deepcopy(base)
     apply_training_config(shaped, params.adapt)  # the trainable set (feature encoder frozen, mask embedding added)
-    generator = torch.Generator().manual_seed(1)
+    generator = torch.Generator().manual_seed(params.seed)
     fisher = {n: torch.rand(p.shape, generator=generator) for n, p in shaped.named_parameters() if p.requires_grad}
     steps = args.warmup_steps + args.timed_steps
     settings = {
