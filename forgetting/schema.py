@@ -25,9 +25,15 @@ def require(ok: bool, key: str, message: str) -> None:
 @dataclass(frozen=True)
 class ResourcesParams:
     nproc_per_node: int  # processes per machine for pretrain, importance, adapt and eval (torchrun); 1 = one process
+    reproducible_cpu: bool  # pin the CPU's arithmetic (forgetting/machine.py): the same bytes on any x86-64 CPU
+    cpu_threads: int | None  # torch threads per process; None = torch's own choice (not with reproducible_cpu)
 
     def check(self, key: str) -> None:
         require(self.nproc_per_node >= 1, f"{key}.nproc_per_node", f"must be >= 1, got {self.nproc_per_node}")
+        require(self.cpu_threads is None or self.cpu_threads >= 1, f"{key}.cpu_threads",
+                f"must be >= 1 or null, got {self.cpu_threads}")
+        require(self.cpu_threads is not None or not self.reproducible_cpu, f"{key}.cpu_threads",
+                "must be set with reproducible_cpu: the order of the parallel sums depends on the thread count")
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,14 @@ queue() {  # queue one named experiment (replacing an older one of that name)
   dvc exp run --queue --name "$name" "$@" >/dev/null
 }
 
-run_queue() {  # run everything queued, two at a time (one thread each: 2 cores), and wait
+run_queue() {  # run everything queued, one at a time (its resources.cpu_threads = 2 threads: 2 cores), and wait
   local status  # (read whole: `grep -q` closing the pipe early would fail the pipeline under pipefail)
   while :; do
     status=$(dvc queue status)  # (not in the loop's condition, where `set -e` would not stop on a failure)
     grep -Eq '\b(Queued|Running)\b' <<<"$status" || break
     # (re)start the workers: a worker that has stopped while experiments wait is started again, a running one is kept
-    if grep -q '\bQueued\b' <<<"$status"; then OMP_NUM_THREADS=1 dvc queue start --jobs "${JOBS:-2}" >/dev/null; fi
+    # (the reproducible mode pins the threads of every stage: two jobs would put four spinning threads on two cores)
+    if grep -q '\bQueued\b' <<<"$status"; then dvc queue start --jobs "${JOBS:-1}" >/dev/null; fi
     sleep 20
   done
   if grep -q Failed <<<"$status"; then echo "$status"; echo "an experiment failed" >&2; exit 1; fi

@@ -32,7 +32,9 @@ def main() -> None:
     parser.add_argument("--reports", type=Path, required=True, help="dvclive folder for curves and metrics.json")
     parser.add_argument("--replay-list", type=Path, required=True, help="TSV of the source utterances replay draws from")
     cli.add_checkpoints(parser)
+    cli.add_provenance(parser)
     args, params = cli.start(parser)
+    cli.pin(params.resources)
     distributed.init()  # before the Trainer, which then uses this process group
     ap = params.adapt
 
@@ -52,6 +54,7 @@ def main() -> None:
                        regularisers=method.regularisers, replay=replay, replay_fraction=ap.replay_fraction,
                        export=method.export)
     if distributed.is_main():
+        cli.write_provenance(args.provenance, params.resources)
         write_replay_list(args.replay_list, replay.utterances if replay is not None else [])
         replayed = f", {ap.replay_fraction:g} of each batch replayed" if replay is not None else ""
         print(f"adapt: {len(train.utterances)} {TARGET} utterances, {method.description}{replayed}, "

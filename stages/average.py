@@ -25,7 +25,9 @@ def main() -> None:
     parser.add_argument("--dev", action="append", required=True, help="LANG=TSV of a dev split: nl=data/validated/nl/dev.tsv")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON: the averaged model's dev WER and CER")
+    cli.add_provenance(parser)
     args, params = cli.start(parser)
+    cli.pin(params.resources)
     alpha = params.average.alpha
     devs = {lang: read_split_tsv(path) for lang, path in cli.named_paths(args.dev, "--dev").items()}
 
@@ -42,6 +44,7 @@ def main() -> None:
         rates = error_rates(scores)
         dev[lang] = {"wer": rates["wer"], "cer": rates["cer"]}
     average_wer = sum(r["wer"] for r in dev.values()) / len(dev)
+    cli.write_provenance(args.provenance, params.resources)
     write_json(args.metrics, {"alpha": alpha, "dev": dev, "average_dev_wer": average_wer})
     summary = ", ".join(f"{lang} WER {r['wer']:.3f} CER {r['cer']:.3f}" for lang, r in dev.items())
     print(f"average: θ = {1 - alpha:g}·θ* + {alpha:g}·θ_adapted over {len(averaged)} tensors; dev {summary} "

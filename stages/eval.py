@@ -24,7 +24,9 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, required=True, help="error-rate PNG to write")
     parser.add_argument("--curves", type=Path, help="the adapt stage's dvclive folder, drawn to --curves-figure")
     parser.add_argument("--curves-figure", type=Path, help="adapt learning and forgetting curves, PNG")
+    cli.add_provenance(parser)
     args, params = cli.start(parser)
+    cli.pin(params.resources)
     ep = params.eval
     interval = {"samples": ep.bootstrap_samples, "seed": params.seed, "method": ep.bootstrap, "min_speakers": ep.min_speakers}
     distributed.init()
@@ -56,6 +58,7 @@ def main() -> None:
     if args.curves and args.curves_figure:
         plot_adapt_curves(args.curves, TARGET, SOURCE, args.curves_figure)
     metrics |= derived_metrics(scores, *MODELS, SOURCE, TARGET, **interval)
+    cli.write_provenance(args.provenance, params.resources)
     write_json(args.metrics, metrics)
     summary = [f"{name} {lang} WER {r['wer']:.3f} CER {r['cer']:.3f}" for name in scores for lang, r in metrics[name].items()]
     print(f"eval: {'; '.join(summary)} -> {args.metrics}")

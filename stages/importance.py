@@ -35,7 +35,9 @@ def main() -> None:
     parser.add_argument("--summary", type=Path, required=True, help="metrics JSON: what the importance is")
     parser.add_argument("--layers", type=Path, required=True, help="per-layer statistics JSON")
     parser.add_argument("--figure", type=Path, required=True, help="importance by layer, PNG")
+    cli.add_provenance(parser)
     args, params = cli.start(parser)
+    cli.pin(params.resources)
     ip, mas = params.importance, params.adapt.method == "mas"
     distributed.init()
 
@@ -72,6 +74,7 @@ def main() -> None:
     layers = importance_by_layer(importance.tensors)
     write_json(args.layers, layers)
     write_json(args.summary, importance.summary())
+    cli.write_provenance(args.provenance, params.resources)
     name = "MAS importance" if mas else f"{importance.kind} Fisher ({importance.loss})"
     plot_importance_by_layer(layers, f"{name}, {importance.samples} utterances, normalised by {importance.normalize}",
                              args.figure)

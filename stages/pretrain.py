@@ -23,7 +23,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="model folder to write (safetensors + processor)")
     parser.add_argument("--reports", type=Path, required=True, help="dvclive folder for curves and metrics.json")
     cli.add_checkpoints(parser)
+    cli.add_provenance(parser)
     args, params = cli.start(parser)
+    cli.pin(params.resources)
     distributed.init()  # before the Trainer, which then uses this process group
 
     clips = clips_dir(params.data.source(args.lang))
@@ -34,6 +36,7 @@ def main() -> None:
     result = train_ctc(model, processor, train, {args.lang: dev}, params.pretrain, "pretrain", args.out, args.reports,
                        args.checkpoints, key)
     if distributed.is_main():
+        cli.write_provenance(args.provenance, params.resources)
         print(f"pretrain: {len(train.utterances)} {args.lang} utterances, {result.describe()} -> {args.out}")
 
 

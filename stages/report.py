@@ -15,11 +15,22 @@ import sys
 from pathlib import Path
 
 from forgetting.evaluation.estimates import compare_groups, estimate_group
-from forgetting.evaluation.experiments import comparison_pairs, git_predictions, group_by_seed, parse_exp_show, select_experiments
+from forgetting.evaluation.experiments import (
+    comparison_pairs,
+    git_predictions,
+    group_by_seed,
+    machine_notes,
+    parse_exp_show,
+    read_machines,
+    select_experiments,
+)
 from forgetting.evaluation.figures import plot_forgetting_vs_german, plot_lambda_sweep
 from forgetting.evaluation.render import ORDER_KEYS, render_latex, render_markdown, sweep_points
 from forgetting.io import atomic_write_text
 from stages import cli
+
+PROVENANCE = ["reports/pretrain/provenance.json", "reports/importance/provenance.json", "reports/adapt/provenance.json",
+              "reports/average/provenance.json", "reports/eval/provenance.json"]
 
 
 def read_exp_show() -> list[dict]:
@@ -43,6 +54,7 @@ def main() -> None:
                         help="resamples for the intervals (default: each experiment's own eval.bootstrap_samples)")
     parser.add_argument("--metrics", default="reports/metrics.json", help="the eval stage's metrics file (dvc.yaml)")
     parser.add_argument("--predictions", type=Path, default=Path("reports/eval"), help="the eval stage's predictions")
+    parser.add_argument("--provenance", nargs="+", default=PROVENANCE, help="the stages' provenance files (dvc.yaml)")
     args = parser.parse_args()
 
     found, notes = parse_exp_show(read_exp_show(), args.metrics)
@@ -60,11 +72,13 @@ def main() -> None:
         comparison, comparison_notes = compare_groups(first, second, source, args.bootstrap)
         comparisons.append(comparison)
         notes += comparison_notes
-    for note in notes + more + grouping:
+    repository = git_predictions(Path("."))
+    machines = machine_notes(groups, pairs, {e.name: read_machines(e, repository, args.provenance) for e in experiments})
+    for note in notes + more + grouping + machines:
         print(f"report: {note}")
 
-    atomic_write_text(args.out / "results.md", render_markdown(groups, rows, comparisons, args.bootstrap))
-    atomic_write_text(args.out / "results.tex", render_latex(groups, rows, comparisons, args.bootstrap))
+    atomic_write_text(args.out / "results.md", render_markdown(groups, rows, comparisons, args.bootstrap, machines))
+    atomic_write_text(args.out / "results.tex", render_latex(groups, rows, comparisons, args.bootstrap, machines))
     written, sweep = ["results.md", "results.tex"], sweep_points(groups, rows)
     for name, plot in (("forgetting_vs_german.png", plot_forgetting_vs_german), ("lambda_sweep.png", plot_lambda_sweep)):
         if plot(sweep, args.out / name):

@@ -209,3 +209,47 @@ def git_predictions(folder: Path) -> PredictionSource:
                                text=True, encoding="utf-8", check=False)
         return shown.stdout if shown.returncode == 0 else None
     return read
+
+
+def read_machines(experiment: Experiment, read: PredictionSource, files: Sequence[str]) -> frozenset[str]:
+    """What computed an experiment's outputs: "<machine> (<mode>)" of each stage's provenance.json among `files`
+    (`forgetting.machine.provenance`) that the experiment holds."""
+    found = set()
+    for file in files:
+        text = read(experiment, file)
+        if text is None:
+            continue
+        try:
+            record = json.loads(text)
+            found.add(f"{record['machine']} ({record['mode']})")
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ResultsError(f"{experiment.name}: {file} is not a provenance record ({err})") from err
+    return frozenset(found)
+
+
+def machine_notes(groups: Sequence[Group], pairs: Sequence[tuple[Group, Group]],
+                  machines: dict[str, frozenset[str]]) -> list[str]:
+    """Which machines made which experiments, and a warning for each row or comparison whose numbers come from more
+    than one machine or mode (`machines`: experiment name -> `read_machines`)."""
+    by_machine: dict[str, list[str]] = {}
+    for g in groups:
+        for e in g.members:
+            for m in sorted(machines.get(e.name) or {"no provenance recorded"}):
+                by_machine.setdefault(m, []).append(e.name)
+    notes = ["Computed on: " + "; ".join(f"{m}: {', '.join(names)}" for m, names in by_machine.items()) + "."]
+
+    def warn(label: str, members: Sequence[Experiment]) -> None:
+        made = set().union(*(machines.get(e.name, frozenset()) for e in members))
+        if len(made) <= 1:
+            return
+        modes = {m.rsplit(" (", 1)[1].rstrip(")") for m in made}
+        why = ("bit-identical only where every one is an x86-64 CPU with AVX2" if modes == {"reproducible"} else
+               "the machine acts as one more seed, unreported (README, Reproducible on any machine)")
+        notes.append(f"Warning: {label} mixes {'modes' if len(modes) > 1 else 'machines'} ({'; '.join(sorted(made))}): "
+                     f"{why}.")
+
+    for g in groups:
+        warn(f"row {g.name}", g.members)
+    for first, second in pairs:
+        warn(f"comparison {first.name} - {second.name}", first.members + second.members)
+    return notes

@@ -195,12 +195,14 @@ def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], left: 
 
 
 def render_markdown(groups: Sequence[Group], rows: Sequence[Row], comparisons: Sequence[Comparison] = (),
-                    samples: int | None = None) -> str:
+                    samples: int | None = None, machines: Sequence[str] = ()) -> str:
     """A GitHub Markdown document: the table of seed groups, its notes, and the comparisons with theirs.
-    `samples`: the resamples the report used, when it overrode the groups' own."""
+    `samples`: the resamples the report used, when it overrode the groups' own; `machines`: notes on the machines the
+    experiments ran on (`machine_notes`)."""
     params, body = _cells(groups, rows)
     header = ["experiment", "seeds", *(c.markdown for c in params), *(md for _, md in METRIC_COLUMNS)]
-    lines = [*_markdown_table(header, body, 1), "", *(f"{note}\n" for note in _table_notes(groups, rows, samples))]
+    lines = [*_markdown_table(header, body, 1), "",
+             *(f"{note}\n" for note in [*_table_notes(groups, rows, samples), *machines])]
     if comparisons:
         header = ["comparison (A - B)", *(md for _, md in COMPARISON_COLUMNS)]
         lines += [*_markdown_table(header, _comparison_cells(comparisons), 1), "", COMPARISON_NOTE, ""]
@@ -223,14 +225,14 @@ def _latex_table(header: Sequence[str], body: Sequence[Sequence[str]], spec: str
 
 
 def render_latex(groups: Sequence[Group], rows: Sequence[Row], comparisons: Sequence[Comparison] = (),
-                 samples: int | None = None) -> str:
+                 samples: int | None = None, machines: Sequence[str] = ()) -> str:
     """Booktabs `tabular`s (`\\usepackage{booktabs}`) with the Markdown's content, notes in `\\footnotesize`; the
     first table is wide: wrap it in `\\resizebox`."""
     params, body = _cells(groups, rows)
     header = ["experiment", "seeds", *(c.latex for c in params), *(latex_escape(md) for _, md in METRIC_COLUMNS)]
     lines = _latex_table(header, body, "lr" + "c" * len(params) + "r" * len(METRIC_COLUMNS))
     lines += [r"\par\smallskip", *(r"{\footnotesize " + latex_escape(note) + r"\par}" for note in
-                                   _table_notes(groups, rows, samples))]
+                                   [*_table_notes(groups, rows, samples), *machines])]
     if comparisons:
         header = ["comparison (A -- B)", *(latex_escape(md) for _, md in COMPARISON_COLUMNS)]
         lines += [r"\bigskip", *_latex_table(header, _comparison_cells(comparisons), "l" + "r" * len(COMPARISON_COLUMNS)),

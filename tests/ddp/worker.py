@@ -154,7 +154,7 @@ def run_importance_stage(folder: Path, corpus: CorpusFiles, model_dir: Path) -> 
     argv, cwd = sys.argv, Path.cwd()
     sys.argv = ["importance", "--model", str(model_dir), "--train", corpus.train, "--lang", "nl", "--out", str(out),
                 "--summary", str(out / "summary.json"), "--layers", str(out / "layers.json"),
-                "--figure", str(out / "layers.png")]
+                "--figure", str(out / "layers.png"), "--provenance", str(out / "provenance.json")]
     os.chdir(folder)
     try:
         importance.main()

@@ -57,17 +57,18 @@ def make_repo(repo: Path, overrides: dict | None = None) -> Path:
     return repo
 
 
-def run(repo: Path, *args: str) -> str:
-    """Run a command as a user would (the venv's `python` and `dvc` first on PATH); its stdout, or a failure."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+def run(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run a command as a user would (the venv's `python` and `dvc` first on PATH, `env` over the environment); its
+    stdout, or a failure."""
+    env = {**os.environ, **(env or {}), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result.stdout
 
 
-def dvc(repo: Path, *args: str) -> str:
-    return run(repo, sys.executable, "-m", "dvc", *args)
+def dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    return run(repo, sys.executable, "-m", "dvc", *args, env=env)
 
 
 def commit(repo: Path, message: str) -> None:

@@ -66,6 +66,8 @@ def test_float_written_by_dvc_exp_run_is_accepted():
     ("average.alpha", 1.5, "average.alpha: must be in [0, 1]"),
     ("eval.bootstrap", "seed", "eval.bootstrap: must be one of ['speaker', 'utterance']"),
     ("resources.nproc_per_node", 3, "pretrain.effective_batch_size: 8 is not a multiple of batch_size 8 x 3 process(es)"),
+    ("resources.cpu_threads", 0, "resources.cpu_threads: must be >= 1 or null, got 0"),
+    ("resources.cpu_threads", None, "resources.cpu_threads: must be set with reproducible_cpu"),
     ("data.common_voice.nl", ..., "data.common_voice: language 'nl' must be in exactly one of"),
     ("data.common_voice.fr", {"path": "cv/fr"}, "data.common_voice.fr: not a language of the pipeline"),
     ("data.datasets", {"nl": {"path": "x", "clips": "c", "audio": "audio", "sentence": "text", "client_id": None,

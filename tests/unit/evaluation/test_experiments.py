@@ -2,6 +2,7 @@
 where predictions are read from."""
 
 import copy
+import json
 import subprocess
 from pathlib import Path
 
@@ -9,11 +10,14 @@ import pytest
 
 from forgetting.evaluation.experiments import (
     Experiment,
+    Group,
     ResultsError,
     comparison_pairs,
     git_predictions,
     group_by_seed,
+    machine_notes,
     parse_exp_show,
+    read_machines,
     select_experiments,
 )
 from forgetting.evaluation.render import ORDER_KEYS
@@ -87,3 +91,37 @@ def test_git_predictions_reads_a_commit_and_the_workspace(tmp_path, monkeypatch)
     assert read(Experiment("exp", rev, {}, {}), "adapted_nl.tsv") == "committed\n"
     assert read(Experiment("workspace", "workspace", {}, {}), "adapted_nl.tsv") == "in the workspace\n"
     assert read(Experiment("exp", rev, {}, {}), "pretrained_nl.tsv") is None
+
+
+def provenance_reader(records: dict[str, list[dict]]):
+    """A PredictionSource over in-memory provenance records: experiment name -> one record per file."""
+    def read(experiment, file):
+        found = records.get(experiment.name, [])
+        index = int(file.removeprefix("stage").removesuffix(".json"))
+        return json.dumps(found[index]) if index < len(found) else None
+    return read
+
+
+def test_machine_notes_name_the_machines_and_warn_on_a_mix():
+    cpu = {"machine": "Xeon 8480", "mode": "reproducible"}
+    experiments = {name: Experiment(name, name, {"adapt": {"seed": i}}, {}) for i, name in enumerate("abcd")}
+    read = provenance_reader({"a": [cpu, cpu], "b": [cpu, {"machine": "EPYC 9654", "mode": "reproducible"}],
+                              "c": [{"machine": "EPYC 9654", "mode": "unpinned"}], "d": []})
+    machines = {name: read_machines(e, read, ["stage0.json", "stage1.json"]) for name, e in experiments.items()}
+    assert machines["a"] == {"Xeon 8480 (reproducible)"}
+    assert machines["b"] == {"Xeon 8480 (reproducible)", "EPYC 9654 (reproducible)"}
+    a, b, c, d = (Group((experiments[n],)) for n in "abcd")
+    notes = machine_notes([a, b, c, d], [(a, c), (a, d)], machines)
+    assert notes[0] == ("Computed on: Xeon 8480 (reproducible): a, b; EPYC 9654 (reproducible): b; "
+                        "EPYC 9654 (unpinned): c; no provenance recorded: d.")
+    assert notes[1].startswith("Warning: row b mixes machines (EPYC 9654 (reproducible); Xeon 8480 (reproducible)): "
+                               "bit-identical only where")
+    assert notes[2].startswith("Warning: comparison a - c mixes modes (EPYC 9654 (unpinned); Xeon 8480 (reproducible)): "
+                               "the machine acts as one more seed")
+    assert len(notes) == 3  # a - d: d has no record to disagree with
+
+
+def test_a_broken_provenance_record_is_refused_naming_it():
+    read = provenance_reader({"a": [{"mode": "reproducible"}]})
+    with pytest.raises(ResultsError, match=r"^a: stage0.json is not a provenance record"):
+        read_machines(Experiment("a", "a", {}, {}), read, ["stage0.json"])

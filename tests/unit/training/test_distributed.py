@@ -52,7 +52,9 @@ IMPORTANCE = {"empirical": {"importance.fisher": "empirical"},
               "sampled": {"importance.fisher": "sampled", "importance.draws": 2},
               "mas": {"adapt.method": "mas"}}
 IMPORTANCE_COMMON = {"importance.samples": 6, "importance.batch_size": 2, "importance.normalize": "none",
-                     "importance.loss": "log_likelihood"}
+                     "importance.loss": "log_likelihood",
+                     # unpinned: the one-process reference runs the stage in pytest's process, which a pin would restart
+                     "resources.reproducible_cpu": False, "resources.cpu_threads": None}
 
 
 def adapt_run(root: Path, name: str, processes: int) -> AdaptRun:
