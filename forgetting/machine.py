@@ -14,6 +14,7 @@ which reads its kernel choices from there once.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import shutil
@@ -47,11 +48,18 @@ def is_pinned(resources: ResourcesParams) -> bool:
 
 
 def pin_in_process(resources: ResourcesParams) -> None:
-    """What can only be set inside the process, after torch starts: oneDNN off in the reproducible mode."""
+    """What can only be set inside the process, after torch starts: oneDNN off in the reproducible mode. A CPU that
+    cannot run the pinned kernels (no AVX2, or not x86-64) is named in a warning: its bytes are its own."""
     import torch  # not at the top: see the module's docstring
 
     if resources.reproducible_cpu:
         torch.backends.mkldnn.enabled = False
+        kernels = torch.backends.cpu.get_cpu_capability()
+        if kernels != ATEN_KERNELS.upper():
+            logging.getLogger(__name__).warning(
+                "resources.reproducible_cpu: this %s CPU runs torch's %s kernels, not %s: only the thread count is "
+                "pinned, and its results will not match other machines' bit for bit", platform.machine(), kernels,
+                ATEN_KERNELS.upper())
 
 
 def cpu_model() -> tuple[str, list[str]]:
@@ -84,7 +92,8 @@ def provenance(resources: ResourcesParams) -> dict[str, Any]:
     model, flags = cpu_model()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     kernels = torch.backends.cpu.get_cpu_capability()
-    mode = "reproducible" if resources.reproducible_cpu and is_x86() and is_pinned(resources) else "unpinned"
+    pinned = resources.reproducible_cpu and is_x86() and is_pinned(resources) and kernels == ATEN_KERNELS.upper()
+    mode = "reproducible" if pinned else "unpinned"
     return {
         "machine": model + (f" + {gpus[0]}" + (f" x{len(gpus)}" if len(gpus) > 1 else "") if gpus else ""),
         "mode": mode,
