@@ -7,7 +7,8 @@ OpenMP read their choices from the environment once): the same length-grouped ba
 the demo model from `model` params, `--steps` timed training steps (forward, CTC loss, backward, AdamW) after 3 untimed
 ones. The settings add the pins one at a time, from torch's own choices to the whole mode, and the rounds alternate
 them, so that a slow minute of the machine does not land on one setting. Each also hashes the weights it trained:
-settings with the same hash round alike.
+settings with the same hash round alike, and three more settings (one round) show whether the thread count, oneDNN's
+instruction set and `torch.use_deterministic_algorithms` change the weights.
 """
 
 import argparse
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,19 +33,46 @@ from forgetting.params import load_params
 from forgetting.training.batching import CTCCollator, LengthGroupedEpochSampler, UtteranceDataset
 from forgetting.training.model import apply_training_config, build_model, build_processor
 
-# (name, environment, oneDNN on): cumulative, from torch's defaults to the whole reproducible mode
-SETTINGS = [
-    ("unpinned", {}, True),
-    ("threads", {"threads": True}, True),
-    ("threads + aten_avx2", {"threads": True, "ATEN_CPU_CAPABILITY": ATEN_KERNELS}, True),
-    ("threads + aten_avx2 + onednn_off", {"threads": True, "ATEN_CPU_CAPABILITY": ATEN_KERNELS}, False),
-    ("reproducible", {"threads": True, "ATEN_CPU_CAPABILITY": ATEN_KERNELS, "MKL_CBWR": MKL_BRANCH}, False),
+
+@dataclass(frozen=True)
+class Setting:
+    """One way to run the training steps: `pins` over an environment without any (`THREADS` stands for the mode's
+    thread count), oneDNN on or off, and `torch.use_deterministic_algorithms`; `against`: the setting whose weights
+    it is compared with."""
+
+    name: str
+    pins: dict[str, str]
+    onednn: bool = True
+    deterministic: bool = False
+    against: str | None = None
+
+
+THREADS = "<cpu_threads>"
+PINNED = {"OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS, "ATEN_CPU_CAPABILITY": ATEN_KERNELS,
+          "MKL_CBWR": MKL_BRANCH}
+# The cost: the pins added one at a time, from torch's own choices to the whole reproducible mode.
+THREADED = {"OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS}
+COST = [
+    Setting("unpinned", {}),
+    Setting("threads", THREADED, against="unpinned"),
+    Setting("threads + aten_avx2", THREADED | {"ATEN_CPU_CAPABILITY": ATEN_KERNELS}, against="threads"),
+    Setting("threads + aten_avx2 + onednn_off", THREADED | {"ATEN_CPU_CAPABILITY": ATEN_KERNELS}, onednn=False,
+            against="threads + aten_avx2"),
+    Setting("reproducible", PINNED, onednn=False, against="threads + aten_avx2 + onednn_off"),
 ]
-PINNED = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", *THREAD_VARIABLES)
+# Whether a pin matters where the cost settings cannot show it (README's table), in the weights' hash.
+EVIDENCE = [
+    Setting("reproducible, 1 thread", PINNED | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, onednn=False,
+            against="reproducible"),
+    Setting("unpinned, oneDNN at AVX2", {"ONEDNN_MAX_CPU_ISA": "AVX2"}, against="unpinned"),
+    Setting("reproducible + deterministic algorithms", PINNED, onednn=False, deterministic=True, against="reproducible"),
+]
+VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", *THREAD_VARIABLES)
 
 
-def child(steps: int, onednn: bool) -> dict:
+def child(steps: int, onednn: bool, deterministic: bool) -> dict:
     """Time `steps` training steps in this process, as its environment pins them."""
+    torch.use_deterministic_algorithms(deterministic)
     torch.backends.mkldnn.enabled = onednn
     params = load_params()
     train_params = params.pretrain
@@ -73,15 +102,13 @@ def child(steps: int, onednn: bool) -> dict:
             "kernels": torch.backends.cpu.get_cpu_capability(), "onednn": torch.backends.mkldnn.enabled}
 
 
-def run_setting(env: dict, onednn: bool, steps: int, threads: int) -> dict:
+def run_setting(setting: Setting, steps: int, threads: int) -> dict:
     """One setting's child process: this environment without any pin, then the setting's pins."""
-    clean = {k: v for k, v in os.environ.items() if k not in PINNED}
-    pins = {k: v for k, v in env.items() if k != "threads"}
-    if env.get("threads"):
-        pins |= {name: str(threads) for name in THREAD_VARIABLES}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.reproducible", "--child", "--steps", str(steps),
-                           *([] if onednn else ["--onednn-off"])], env=clean | pins, capture_output=True, text=True,
-                          check=True)
+    clean = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    pins = {k: str(threads) if v == THREADS else v for k, v in setting.pins.items()}
+    flags = [*([] if setting.onednn else ["--onednn-off"]), *(["--deterministic"] if setting.deterministic else [])]
+    done = subprocess.run([sys.executable, "-m", "benchmarks.reproducible", "--child", "--steps", str(steps), *flags],
+                          env=clean | pins, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.splitlines()[-1]) | {"pins": pins}
 
 
@@ -92,20 +119,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/bench/reproducible.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--onednn-off", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--deterministic", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.steps, not args.onednn_off)))
+        print(json.dumps(child(args.steps, not args.onednn_off, args.deterministic)))
         return
     if not Path("data/validated/nl/train.tsv").is_file():
         raise SystemExit("bench reproducible: data/validated/nl/train.tsv is missing; run `dvc repro` first")
     threads = load_params().resources.cpu_threads or 2
     load_at_start = os.getloadavg()[0]
-    runs: dict[str, list[dict]] = {name: [] for name, _, _ in SETTINGS}
+    runs: dict[str, list[dict]] = {setting.name: [] for setting in COST + EVIDENCE}
     for round_ in range(args.rounds):
-        for name, env, onednn in SETTINGS:
-            runs[name].append(run_setting(env, onednn, args.steps, threads))
-            print(f"bench reproducible: round {round_ + 1}, {name}: "
-                  f"{statistics.median(runs[name][-1]['step_s']):.4f} s a step", flush=True)
+        for setting in COST + (EVIDENCE if round_ == 0 else []):  # the evidence is in the hashes: one round
+            runs[setting.name].append(run_setting(setting, args.steps, threads))
+            print(f"bench reproducible: round {round_ + 1}, {setting.name}: "
+                  f"{statistics.median(runs[setting.name][-1]['step_s']):.4f} s a step", flush=True)
     base = statistics.median(t for run in runs["unpinned"] for t in run["step_s"])
     settings = {}
     for name, results in runs.items():
@@ -116,7 +144,10 @@ def main() -> None:
                           "round_medians_s": [round(statistics.median(r["step_s"]), 4) for r in results],
                           "weights_sha256": sorted({r["weights_sha256"] for r in results})}
     model, _ = cpu_model()
+    same = {f"{s.name} = {s.against}": settings[s.name]["weights_sha256"] == settings[s.against]["weights_sha256"]
+            for s in COST + EVIDENCE if s.against}
     report = {"steps": args.steps, "rounds": args.rounds, "settings": settings, "cpu": model,
+              "same_weights": same,
               "cores": os.cpu_count(), "load_average_1min_at_start": round(load_at_start, 2)}
     write_json(args.out, report)
     cost = settings["reproducible"]["step_time_over_unpinned"]

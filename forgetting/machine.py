@@ -19,12 +19,14 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from forgetting.schema import ResourcesParams
 
 ATEN_KERNELS = "avx2"  # any x86-64 CPU since 2013 (Haswell, Zen) has AVX2
+AVX2_FLAGS = {"avx2", "fma"}  # what ATen's AVX2 kernels need: ATen trusts its variable, and without them dies (SIGILL)
 MKL_BRANCH = "COMPATIBLE"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -33,12 +35,15 @@ def is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
-def pinned_environment(resources: ResourcesParams) -> dict[str, str]:
-    """The environment variables the reproducible mode sets before torch starts (the thread count alone where
-    `cpu_threads` is set without the mode, or off x86-64, where the kernel pins mean nothing)."""
+def pinned_environment(resources: ResourcesParams, flags: Collection[str] | None = None) -> dict[str, str]:
+    """The environment variables the reproducible mode sets before torch starts: the thread count (also where
+    `cpu_threads` is set without the mode), MKL's branch on x86-64, and ATen's kernels where the CPU has them
+    (`flags`: the CPU's feature flags; default this one's, from `cpu_model`)."""
     env = {name: str(resources.cpu_threads) for name in THREAD_VARIABLES} if resources.cpu_threads else {}
     if resources.reproducible_cpu and is_x86():
-        env |= {"ATEN_CPU_CAPABILITY": ATEN_KERNELS, "MKL_CBWR": MKL_BRANCH}
+        env["MKL_CBWR"] = MKL_BRANCH
+        if AVX2_FLAGS.issubset(cpu_model()[1] if flags is None else flags):
+            env["ATEN_CPU_CAPABILITY"] = ATEN_KERNELS
     return env
 
 
@@ -57,9 +62,9 @@ def pin_in_process(resources: ResourcesParams) -> None:
         kernels = torch.backends.cpu.get_cpu_capability()
         if kernels != ATEN_KERNELS.upper():
             logging.getLogger(__name__).warning(
-                "resources.reproducible_cpu: this %s CPU runs torch's %s kernels, not %s: only the thread count is "
-                "pinned, and its results will not match other machines' bit for bit", platform.machine(), kernels,
-                ATEN_KERNELS.upper())
+                "resources.reproducible_cpu: this %s CPU runs torch's %s kernels, not %s: its results will not match "
+                "other machines' bit for bit (the threads and oneDNN are pinned all the same)", platform.machine(),
+                kernels, ATEN_KERNELS.upper())
 
 
 def cpu_model() -> tuple[str, list[str]]:
@@ -74,29 +79,44 @@ def cpu_model() -> tuple[str, list[str]]:
     return platform.processor() or platform.machine(), []
 
 
+def instruction_set(flags: Collection[str]) -> str:
+    """The widest vector instructions among a CPU's flags, which decide the kernels an unpinned run gets."""
+    for flag, name in (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("asimd", "NEON")):
+        if flag in flags:
+            return name
+    return platform.machine()
+
+
 def gpu_driver() -> str | None:
     """The NVIDIA driver's version from `nvidia-smi`, or None where it cannot be asked."""
     if shutil.which("nvidia-smi") is None:
         return None
-    done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                          text=True, check=False)
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, check=False, timeout=30)
+    except subprocess.TimeoutExpired:
+        return None
     return done.stdout.splitlines()[0].strip() if done.returncode == 0 and done.stdout.strip() else None
 
 
 def provenance(resources: ResourcesParams) -> dict[str, Any]:
-    """What this run computed on, for `provenance.json` beside a stage's outputs; `machine` and `mode` name it in a
-    report (two runs that differ in either may differ in their bytes)."""
+    """What this run computed on, for `provenance.json` beside a stage's outputs; `machine` (the CPU's model, its
+    widest instructions, the GPUs) and `mode` (`reproducible`, `unpinned`, or `gpu`) name it in a report: two runs
+    that differ in either may differ in their bytes."""
     import torch  # not at the top: see the module's docstring
     import transformers
 
     model, flags = cpu_model()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     kernels = torch.backends.cpu.get_cpu_capability()
-    pinned = resources.reproducible_cpu and is_x86() and is_pinned(resources) and kernels == ATEN_KERNELS.upper()
-    mode = "reproducible" if pinned else "unpinned"
+    pinned = (resources.reproducible_cpu and is_pinned(resources) and kernels == ATEN_KERNELS.upper()
+              and not torch.backends.mkldnn.enabled)
+    machine = f"{model} ({instruction_set(flags)})"
+    if gpus:  # the stages compute on the GPUs they see
+        machine += f" + {len(gpus)} x {gpus[0]}"
     return {
-        "machine": model + (f" + {gpus[0]}" + (f" x{len(gpus)}" if len(gpus) > 1 else "") if gpus else ""),
-        "mode": mode,
+        "machine": machine,
+        "mode": "gpu" if gpus else "reproducible" if pinned else "unpinned",
         "cpu": {"model": model, "architecture": platform.machine(), "cores": os.cpu_count(), "kernels": kernels,
                 "flags": flags},
         "gpus": gpus,

@@ -16,6 +16,8 @@ from forgetting.io import write_json
 from forgetting.params import load_params
 from forgetting.schema import Params, ResourcesParams
 
+RESTARTED = "FORGETTING_RESTARTED"  # set by `pin` when it starts a stage again: never twice
+
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
     """An argument parser described by the stage module's docstring."""
@@ -35,13 +37,19 @@ def add_provenance(p: argparse.ArgumentParser) -> None:
 
 def pin(resources: ResourcesParams) -> None:
     """Compute under `resources`' pins (`forgetting.machine`). The environment ones must be there before torch starts:
-    `stages.launch` sets them; a stage started another way (by hand, or `python -m stages.average` from dvc.yaml)
-    starts its own command again with them."""
-    wanted = machine.pinned_environment(resources)
+    `stages.launch` sets them; a stage started as `python -m stages.<name>` (by hand) starts its own command again with
+    them, once. Called from anything else (a notebook, a test's process), it refuses: that process cannot restart."""
     if not machine.is_pinned(resources):
-        print(f"{Path(sys.argv[0]).stem}: starting again with {' '.join(f'{k}={v}' for k, v in wanted.items())}",
-              flush=True)
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **wanted})
+        wanted = machine.pinned_environment(resources)
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        if spec is None or not spec.name.startswith("stages.") or os.environ.get(RESTARTED):
+            raise InputError(f"resources.reproducible_cpu: this process started without the mode's environment "
+                             f"({' '.join(f'{k}={v}' for k, v in wanted.items())}), which torch reads once when it "
+                             "starts: run the stage through `python -m stages.launch`, or set resources.cpu_threads: "
+                             "null and reproducible_cpu: false")
+        print(f"{spec.name.removeprefix('stages.')}: starting again with "
+              f"{' '.join(f'{k}={v}' for k, v in wanted.items())}", flush=True)
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **wanted, RESTARTED: "1"})
     machine.pin_in_process(resources)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from forgetting.evaluation.estimates import compare_groups, estimate_group
 from forgetting.evaluation.experiments import (
     comparison_pairs,
-    git_predictions,
+    git_files,
     group_by_seed,
     machine_notes,
     parse_exp_show,
@@ -62,7 +62,7 @@ def main() -> None:
     if not experiments:
         raise SystemExit(f"report: no experiments with metrics in {args.metrics}; run `dvc repro` or `dvc exp run` first")
     groups, grouping = group_by_seed(experiments)
-    pairs, source = comparison_pairs(groups, args.compare, args.baseline), git_predictions(args.predictions)
+    pairs, source = comparison_pairs(groups, args.compare, args.baseline), git_files(args.predictions)
     rows, comparisons = [], []
     for group in groups:
         row, row_notes = estimate_group(group, source, args.bootstrap)
@@ -72,7 +72,7 @@ def main() -> None:
         comparison, comparison_notes = compare_groups(first, second, source, args.bootstrap)
         comparisons.append(comparison)
         notes += comparison_notes
-    repository = git_predictions(Path("."))
+    repository = git_files(Path("."))
     machines = machine_notes(groups, pairs, {e.name: read_machines(e, repository, args.provenance) for e in experiments})
     for note in notes + more + grouping + machines:
         print(f"report: {note}")

@@ -59,7 +59,7 @@ class Group:
 
 
 PredictionSource = Callable[[Experiment, str], str | None]
-"""(experiment, file name such as "adapted_nl.tsv") -> the file's text, or None where it cannot be read."""
+"""(experiment, file name such as "adapted_nl.tsv") -> the file's text, or None where it cannot be read (`git_files`)."""
 
 
 def lookup(tree: dict[str, Any], dotted: str) -> Any:
@@ -199,8 +199,9 @@ def comparison_pairs(groups: Sequence[Group], compare: Sequence[str], baseline: 
     return list({(first.name, second.name): (first, second) for first, second in pairs}.values())  # each pair once
 
 
-def git_predictions(folder: Path) -> PredictionSource:
-    """Predictions files of an experiment: `git show <rev>:<folder>/<file>`, or the file on disk for the workspace."""
+def git_files(folder: Path) -> PredictionSource:
+    """Files of an experiment (its predictions, its provenance records): `git show <rev>:<folder>/<file>`, or the file
+    on disk for the workspace."""
     def read(experiment: Experiment, file: str) -> str | None:
         path = folder / file
         if experiment.rev == "workspace":
@@ -211,9 +212,12 @@ def git_predictions(folder: Path) -> PredictionSource:
     return read
 
 
-def read_machines(experiment: Experiment, read: PredictionSource, files: Sequence[str]) -> frozenset[str]:
-    """What computed an experiment's outputs: "<machine> (<mode>)" of each stage's provenance.json among `files`
-    (`forgetting.machine.provenance`) that the experiment holds."""
+Machine = tuple[str, str]
+"""What computed a stage's outputs: (machine, mode) of its provenance.json (`forgetting.machine.provenance`)."""
+
+
+def read_machines(experiment: Experiment, read: PredictionSource, files: Sequence[str]) -> frozenset[Machine]:
+    """The (machine, mode) of each stage's provenance record among `files` that the experiment holds."""
     found = set()
     for file in files:
         text = read(experiment, file)
@@ -221,32 +225,38 @@ def read_machines(experiment: Experiment, read: PredictionSource, files: Sequenc
             continue
         try:
             record = json.loads(text)
-            found.add(f"{record['machine']} ({record['mode']})")
+            found.add((str(record["machine"]), str(record["mode"])))
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ResultsError(f"{experiment.name}: {file} is not a provenance record ({err})") from err
     return frozenset(found)
 
 
 def machine_notes(groups: Sequence[Group], pairs: Sequence[tuple[Group, Group]],
-                  machines: dict[str, frozenset[str]]) -> list[str]:
+                  machines: dict[str, frozenset[Machine]]) -> list[str]:
     """Which machines made which experiments, and a warning for each row or comparison whose numbers come from more
-    than one machine or mode (`machines`: experiment name -> `read_machines`)."""
+    than one machine or mode, or from experiments with no provenance beside others (`machines`: experiment name ->
+    `read_machines`)."""
     by_machine: dict[str, list[str]] = {}
     for g in groups:
         for e in g.members:
-            for m in sorted(machines.get(e.name) or {"no provenance recorded"}):
-                by_machine.setdefault(m, []).append(e.name)
+            for machine, mode in sorted(machines.get(e.name) or {("no provenance recorded", "")}):
+                by_machine.setdefault(f"{machine}, {mode}" if mode else machine, []).append(e.name)
     notes = ["Computed on: " + "; ".join(f"{m}: {', '.join(names)}" for m, names in by_machine.items()) + "."]
 
     def warn(label: str, members: Sequence[Experiment]) -> None:
         made = set().union(*(machines.get(e.name, frozenset()) for e in members))
+        unknown = [e.name for e in members if not machines.get(e.name)]
+        if unknown and made:
+            notes.append(f"Warning: {label}: no provenance for {', '.join(unknown)} (run before it was recorded), so "
+                         "whether its numbers share the others' machine is unknown.")
         if len(made) <= 1:
             return
-        modes = {m.rsplit(" (", 1)[1].rstrip(")") for m in made}
-        why = ("bit-identical only where every one is an x86-64 CPU with AVX2" if modes == {"reproducible"} else
+        modes = {mode for _, mode in made}
+        why = ("the mode is meant to give the same bytes on every x86-64 CPU with AVX2 (README, tier 2), so these "
+               "numbers should agree; a difference is a finding" if modes == {"reproducible"} else
                "the machine acts as one more seed, unreported (README, Reproducible on any machine)")
-        notes.append(f"Warning: {label} mixes {'modes' if len(modes) > 1 else 'machines'} ({'; '.join(sorted(made))}): "
-                     f"{why}.")
+        listing = "; ".join(f"{machine}, {mode}" for machine, mode in sorted(made))
+        notes.append(f"Warning: {label} mixes {'modes' if len(modes) > 1 else 'machines'} ({listing}): {why}.")
 
     for g in groups:
         warn(f"row {g.name}", g.members)

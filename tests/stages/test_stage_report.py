@@ -12,7 +12,7 @@ from tests.unit.exp_show import RECORDS, fixture_predictions
 
 def run(monkeypatch, records: list, *args: str) -> None:
     monkeypatch.setattr(report, "read_exp_show", lambda: records)
-    monkeypatch.setattr(report, "git_predictions", lambda folder: fixture_predictions)
+    monkeypatch.setattr(report, "git_files", lambda folder: fixture_predictions)
     monkeypatch.setattr(sys, "argv", ["report", "--out", "thesis", *args])
     cli.run(report.main)
 

@@ -13,7 +13,7 @@ from forgetting.evaluation.experiments import (
     Group,
     ResultsError,
     comparison_pairs,
-    git_predictions,
+    git_files,
     group_by_seed,
     machine_notes,
     parse_exp_show,
@@ -76,7 +76,7 @@ def test_comparison_pairs_resolve_members_to_their_groups():
             comparison_pairs(groups, [spec], None)
 
 
-def test_git_predictions_reads_a_commit_and_the_workspace(tmp_path, monkeypatch):
+def test_git_files_reads_a_commit_and_the_workspace(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for command in (["init", "-q"], ["config", "user.email", "t@example.org"], ["config", "user.name", "t"]):
         subprocess.run(["git", *command], check=True)
@@ -87,7 +87,7 @@ def test_git_predictions_reads_a_commit_and_the_workspace(tmp_path, monkeypatch)
     subprocess.run(["git", "commit", "-qm", "x"], check=True)
     rev = subprocess.run(["git", "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
     path.write_text("in the workspace\n", encoding="utf-8")
-    read = git_predictions(Path("reports/eval"))
+    read = git_files(Path("reports/eval"))
     assert read(Experiment("exp", rev, {}, {}), "adapted_nl.tsv") == "committed\n"
     assert read(Experiment("workspace", "workspace", {}, {}), "adapted_nl.tsv") == "in the workspace\n"
     assert read(Experiment("exp", rev, {}, {}), "pretrained_nl.tsv") is None
@@ -103,22 +103,24 @@ def provenance_reader(records: dict[str, list[dict]]):
 
 
 def test_machine_notes_name_the_machines_and_warn_on_a_mix():
-    cpu = {"machine": "Xeon 8480", "mode": "reproducible"}
+    cpu = {"machine": "Xeon 8480 (AMX)", "mode": "reproducible"}
+    epyc = {"machine": "EPYC 9654 (AVX-512)", "mode": "reproducible"}
     experiments = {name: Experiment(name, name, {"adapt": {"seed": i}}, {}) for i, name in enumerate("abcd")}
-    read = provenance_reader({"a": [cpu, cpu], "b": [cpu, {"machine": "EPYC 9654", "mode": "reproducible"}],
-                              "c": [{"machine": "EPYC 9654", "mode": "unpinned"}], "d": []})
+    read = provenance_reader({"a": [cpu, cpu], "b": [cpu, epyc], "c": [epyc | {"mode": "unpinned"}], "d": []})
     machines = {name: read_machines(e, read, ["stage0.json", "stage1.json"]) for name, e in experiments.items()}
-    assert machines["a"] == {"Xeon 8480 (reproducible)"}
-    assert machines["b"] == {"Xeon 8480 (reproducible)", "EPYC 9654 (reproducible)"}
+    assert machines["a"] == {("Xeon 8480 (AMX)", "reproducible")}
+    assert machines["b"] == {("Xeon 8480 (AMX)", "reproducible"), ("EPYC 9654 (AVX-512)", "reproducible")}
     a, b, c, d = (Group((experiments[n],)) for n in "abcd")
-    notes = machine_notes([a, b, c, d], [(a, c), (a, d)], machines)
-    assert notes[0] == ("Computed on: Xeon 8480 (reproducible): a, b; EPYC 9654 (reproducible): b; "
-                        "EPYC 9654 (unpinned): c; no provenance recorded: d.")
-    assert notes[1].startswith("Warning: row b mixes machines (EPYC 9654 (reproducible); Xeon 8480 (reproducible)): "
-                               "bit-identical only where")
-    assert notes[2].startswith("Warning: comparison a - c mixes modes (EPYC 9654 (unpinned); Xeon 8480 (reproducible)): "
-                               "the machine acts as one more seed")
-    assert len(notes) == 3  # a - d: d has no record to disagree with
+    notes = machine_notes([a, b, c, d], [(a, c), (a, d), (a, b)], machines)
+    assert notes[0] == ("Computed on: Xeon 8480 (AMX), reproducible: a, b; EPYC 9654 (AVX-512), reproducible: b; "
+                        "EPYC 9654 (AVX-512), unpinned: c; no provenance recorded: d.")
+    assert notes[1].startswith("Warning: row b mixes machines (EPYC 9654 (AVX-512), reproducible; Xeon 8480 (AMX), "
+                               "reproducible): the mode is meant to give the same bytes")
+    assert notes[2].startswith("Warning: comparison a - c mixes modes (EPYC 9654 (AVX-512), unpinned; Xeon 8480 (AMX), "
+                               "reproducible): the machine acts as one more seed")
+    assert notes[3] == ("Warning: comparison a - d: no provenance for d (run before it was recorded), so whether its "
+                        "numbers share the others' machine is unknown.")
+    assert notes[4].startswith("Warning: comparison a - b mixes machines") and len(notes) == 5
 
 
 def test_a_broken_provenance_record_is_refused_naming_it():
