@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-creates exactly the experiments behind the demo tables of README.md and docs/methods.md, runs them, and writes their reports to
-# reports/thesis/readme/ (committed: rerun this and diff). About 70 minutes on 2 CPU cores.
+# reports/thesis/readme/ (committed: rerun this and diff). About 100 minutes on 2 CPU cores (one experiment at a time).
 #
 #   scripts/readme_tables.sh            # everything: baseline, tuning on dev, the second seeds, the reports
 #   scripts/readme_tables.sh tune       # the baseline and the tuning experiments only
